@@ -1,0 +1,110 @@
+#pragma once
+// dense: y = x W^T + b, with W of shape (out, in) as in torch.nn.Linear.
+#include <cmath>
+
+#include "layer.hpp"
+
+namespace opnorm {
+
+template <class T = float, class Backend = backend::cpu>
+class dense {
+ public:
+  using scalar = T;
+  using backend_type = Backend;
+  struct cache {};
+
+  dense(index_t in_features, index_t out_features, bool bias = true)
+      : in_(in_features), out_(out_features), has_bias_(bias),
+        weight_({out_features, in_features}, T(0)), weight_grad_({out_features, in_features}, T(0)) {
+    require_shape(in_features > 0 && out_features > 0, "dense", "features must be positive");
+    if (has_bias_) {
+      bias_ = tensor<T, Backend>({out_features}, T(0));
+      bias_grad_ = tensor<T, Backend>({out_features}, T(0));
+    }
+  }
+
+  index_t in_features() const { return in_; }
+  index_t out_features() const { return out_; }
+  tensor<T, Backend>& weight() { return weight_; }
+  const tensor<T, Backend>& weight() const { return weight_; }
+  tensor<T, Backend>& bias() { return bias_; }
+  tensor<T, Backend>& weight_grad() { return weight_grad_; }
+  tensor<T, Backend>& bias_grad() { return bias_grad_; }
+  bool has_bias() const { return has_bias_; }
+
+  shape_t output_shape(const shape_t& in) const {
+    require_shape(in.size() == 2 && in[1] == in_, "dense",
+                  "expects input (batch, " + std::to_string(in_) + "), got " + shape_string(in));
+    return {in[0], out_};
+  }
+
+  void forward(const tensor<T, Backend>& x, tensor<T, Backend>& y, cache&, mode) {
+    const index_t n = x.dim(0);
+    y.resize(output_shape(x.shape()));
+    linear_map(x, y);
+    if (has_bias_) {
+      const T* b = bias_.data();
+      T* ys = y.data();
+      const index_t out = out_;
+      backend::for_each_index(Backend{}, n * out, [=] OPNORM_HD(index_t i) { ys[i] += b[i % out]; });
+    }
+  }
+
+  void vjp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache&,
+           const tensor<T, Backend>& gy, tensor<T, Backend>* gx, bool parameter_gradients) {
+    const index_t n = x.dim(0);
+    if (gx) {
+      gx->resize(x.shape());
+      // gx (n x in) = gy (n x out) W (out x in)
+      backend::gemm(Backend{}, false, false, n, in_, out_, T(1), gy.data(), out_, weight_.data(), in_,
+                    T(0), gx->data(), in_);
+    }
+    if (parameter_gradients) {
+      // dW (out x in) += gy^T (out x n) x (n x in)
+      backend::gemm(Backend{}, true, false, out_, in_, n, T(1), gy.data(), out_, x.data(), in_, T(1),
+                    weight_grad_.data(), in_);
+      if (has_bias_) {
+        const T* g = gy.data();
+        T* bg = bias_grad_.data();
+        const index_t out = out_;
+        // One task per output feature sums over the batch in a fixed order.
+        backend::for_each_index(Backend{}, out, [=] OPNORM_HD(index_t j) {
+          T s = T(0);
+          for (index_t i = 0; i < n; ++i) s += g[i * out + j];
+          bg[j] += s;
+        });
+      }
+    }
+  }
+
+  void jvp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache&,
+           const tensor<T, Backend>& dx, tensor<T, Backend>& dy) const {
+    dy.resize(output_shape(x.shape()));
+    linear_map(dx, dy);  // the bias does not depend on x
+  }
+
+  void collect_state(state_list<T, Backend>& s, const std::string& prefix) {
+    s.parameters.push_back({prefix + "weight", &weight_, &weight_grad_});
+    if (has_bias_) s.parameters.push_back({prefix + "bias", &bias_, &bias_grad_});
+  }
+
+  /// PyTorch's default: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
+  void initialize(std::mt19937_64& rng) {
+    const double bound = 1.0 / std::sqrt(static_cast<double>(in_));
+    fill_uniform(weight_, rng, bound);
+    if (has_bias_) fill_uniform(bias_, rng, bound);
+  }
+
+ private:
+  // y (n x out) = x (n x in) W^T
+  void linear_map(const tensor<T, Backend>& x, tensor<T, Backend>& y) const {
+    backend::gemm(Backend{}, false, true, x.dim(0), out_, in_, T(1), x.data(), in_, weight_.data(), in_,
+                  T(0), y.data(), out_);
+  }
+
+  index_t in_, out_;
+  bool has_bias_;
+  tensor<T, Backend> weight_, weight_grad_, bias_, bias_grad_;
+};
+
+}  // namespace opnorm

@@ -1,0 +1,52 @@
+#pragma once
+// relu: y = max(x, 0). Its Jacobian is the 0/1 mask of the input's sign,
+// so vjp and jvp are the same masking of the incoming vector.
+#include "layer.hpp"
+
+namespace opnorm {
+
+template <class T = float, class Backend = backend::cpu>
+class relu {
+ public:
+  using scalar = T;
+  using backend_type = Backend;
+  struct cache {};
+
+  shape_t output_shape(const shape_t& in) const { return in; }
+
+  void forward(const tensor<T, Backend>& x, tensor<T, Backend>& y, cache&, mode) {
+    y.resize(x.shape());
+    const T* xs = x.data();
+    T* ys = y.data();
+    backend::for_each_index(Backend{}, x.size(),
+                            [=] OPNORM_HD(index_t i) { ys[i] = xs[i] > T(0) ? xs[i] : T(0); });
+  }
+
+  void vjp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache&,
+           const tensor<T, Backend>& gy, tensor<T, Backend>* gx, bool) {
+    if (gx) mask(x, gy, *gx);
+  }
+
+  void jvp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache&,
+           const tensor<T, Backend>& dx, tensor<T, Backend>& dy) const {
+    mask(x, dx, dy);
+  }
+
+  void collect_state(state_list<T, Backend>&, const std::string&) {}
+  void initialize(std::mt19937_64&) {}
+
+ private:
+  // out = in where x > 0, else 0 (the derivative at exactly 0 is taken as 0,
+  // as PyTorch does).
+  static void mask(const tensor<T, Backend>& x, const tensor<T, Backend>& in,
+                   tensor<T, Backend>& out) {
+    out.resize(x.shape());
+    const T* xs = x.data();
+    const T* is = in.data();
+    T* os = out.data();
+    backend::for_each_index(Backend{}, x.size(),
+                            [=] OPNORM_HD(index_t i) { os[i] = xs[i] > T(0) ? is[i] : T(0); });
+  }
+};
+
+}  // namespace opnorm

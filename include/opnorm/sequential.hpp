@@ -1,0 +1,160 @@
+#pragma once
+// sequential<Layers...>: a whole network as one flat type.
+//
+// The container owns its layers in a std::tuple and walks them with fold
+// expressions; there is no nesting and no virtual dispatch. Activations and
+// per-layer caches live in a separate tape, so several forward passes (clean
+// and perturbed inputs, as data-dependent SNR needs) can be alive at once.
+#include <random>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+
+#include "layers/layer.hpp"
+
+namespace opnorm {
+
+template <class... Layers>
+class sequential {
+  static_assert(sizeof...(Layers) > 0, "a sequential network needs at least one layer");
+  using first_layer = std::tuple_element_t<0, std::tuple<Layers...>>;
+
+ public:
+  using scalar = typename first_layer::scalar;
+  using backend_type = typename first_layer::backend_type;
+  using tensor_type = tensor<scalar, backend_type>;
+  static constexpr std::size_t depth = sizeof...(Layers);
+
+  static_assert((std::is_same_v<typename Layers::scalar, scalar> && ...),
+                "all layers of a sequential network must use the same scalar type");
+  static_assert((std::is_same_v<typename Layers::backend_type, backend_type> && ...),
+                "all layers of a sequential network must use the same backend");
+
+  /// Activations a_0 = x, a_1, ..., a_L and what each layer cached, from one
+  /// forward pass; reused across calls so steady-state passes do not allocate.
+  struct tape {
+    std::vector<tensor_type> activations = std::vector<tensor_type>(depth + 1);
+    std::tuple<typename Layers::cache...> caches;
+    std::vector<tensor_type> scratch = std::vector<tensor_type>(2);
+    mode forward_mode = mode::eval;
+    const tensor_type& input() const { return activations.front(); }
+    const tensor_type& output() const { return activations.back(); }
+  };
+
+  explicit sequential(Layers... layers) : layers_(std::move(layers)...) { initialize(0); }
+
+  /// Re-draws every parameter from a generator seeded with seed (PyTorch's
+  /// default schemes); the same seed gives the same weights on every backend.
+  void initialize(std::uint64_t seed) {
+    std::mt19937_64 rng(seed);
+    std::apply([&](auto&... l) { (l.initialize(rng), ...); }, layers_);
+  }
+
+  template <std::size_t I>
+  auto& layer() {
+    return std::get<I>(layers_);
+  }
+  template <std::size_t I>
+  const auto& layer() const {
+    return std::get<I>(layers_);
+  }
+
+  shape_t output_shape(shape_t in) const {
+    std::apply([&](const auto&... l) { ((in = l.output_shape(in)), ...); }, layers_);
+    return in;
+  }
+
+  /// Runs layers [0, until) on x, recording into t; returns a_until.
+  const tensor_type& forward(const tensor_type& x, tape& t, mode m = mode::eval,
+                             std::size_t until = depth) {
+    t.forward_mode = m;
+    t.activations[0].resize(x.shape());
+    backend::copy(backend_type{}, x.data(), x.size(), t.activations[0].data());
+    forward_layers(t, m, until, std::index_sequence_for<Layers...>{});
+    return t.activations[until];
+  }
+
+  /// Eval-mode logits without keeping a tape.
+  tensor_type predict(const tensor_type& x) {
+    tape t;
+    forward(x, t, mode::eval);
+    return std::move(t.activations.back());
+  }
+
+  /// Backpropagates gy = dL/da_L through the tape. Writes dL/dx into *gx when
+  /// gx is not null and accumulates parameter gradients when asked.
+  void vjp(tape& t, const tensor_type& gy, tensor_type* gx, bool parameter_gradients) {
+    vjp_layers(t, gy, gx, parameter_gradients, std::make_index_sequence<depth>{});
+  }
+
+  /// dy = J(x) dx for the map x -> a_until at the taped point.
+  void jvp(tape& t, const tensor_type& dx, tensor_type& dy, std::size_t until = depth) {
+    jvp_layers(t, dx, dy, until, std::index_sequence_for<Layers...>{});
+  }
+
+  /// Every tensor of the model's state under PyTorch nn.Sequential names.
+  state_list<scalar, backend_type> state() {
+    state_list<scalar, backend_type> s;
+    collect(s, std::index_sequence_for<Layers...>{});
+    return s;
+  }
+
+  void zero_grad() {
+    for (auto& p : state().parameters) p.grad->set_zero();
+  }
+
+ private:
+  template <std::size_t... I>
+  void forward_layers(tape& t, mode m, std::size_t until, std::index_sequence<I...>) {
+    ((I < until ? (void)std::get<I>(layers_).forward(t.activations[I], t.activations[I + 1],
+                                                      std::get<I>(t.caches), m)
+                : (void)0),
+     ...);
+  }
+
+  // Walks the layers backwards: I runs over 0..L-1 and the layer visited is L-1-I.
+  template <std::size_t... I>
+  void vjp_layers(tape& t, const tensor_type& gy, tensor_type* gx, bool pg, std::index_sequence<I...>) {
+    const tensor_type* incoming = &gy;
+    int slot = 0;
+    auto step = [&](auto index) {
+      constexpr std::size_t L = depth - 1 - decltype(index)::value;
+      tensor_type* out = L == 0 ? gx : &t.scratch[static_cast<std::size_t>(slot)];
+      std::get<L>(layers_).vjp(t.activations[L], t.activations[L + 1], std::get<L>(t.caches), *incoming,
+                               out, pg);
+      incoming = out;
+      slot ^= 1;
+    };
+    (step(std::integral_constant<std::size_t, I>{}), ...);
+  }
+
+  template <std::size_t... I>
+  void jvp_layers(tape& t, const tensor_type& dx, tensor_type& dy, std::size_t until,
+                  std::index_sequence<I...>) {
+    if (until == 0) {
+      dy.resize(dx.shape());
+      backend::copy(backend_type{}, dx.data(), dx.size(), dy.data());
+      return;
+    }
+    const tensor_type* incoming = &dx;
+    int slot = 0;
+    auto step = [&](auto index) {
+      constexpr std::size_t L = decltype(index)::value;
+      if (L >= until) return;
+      tensor_type* out = L + 1 == until ? &dy : &t.scratch[static_cast<std::size_t>(slot)];
+      std::get<L>(layers_).jvp(t.activations[L], t.activations[L + 1], std::get<L>(t.caches), *incoming, *out);
+      incoming = out;
+      slot ^= 1;
+    };
+    (step(std::integral_constant<std::size_t, I>{}), ...);
+  }
+
+  template <std::size_t... I>
+  void collect(state_list<scalar, backend_type>& s, std::index_sequence<I...>) {
+    (std::get<I>(layers_).collect_state(s, std::to_string(I) + "."), ...);
+  }
+
+  std::tuple<Layers...> layers_;
+};
+
+}  // namespace opnorm

@@ -68,9 +68,10 @@ class tensor {
   /// the number of elements is unchanged.
   void resize(const shape_t& shape) {
     if (shape == shape_) return;
-    const index_t old = size();
     shape_ = shape;
-    if (size() != old) allocate();
+    // Compare with the storage, not the old shape: a default tensor has shape
+    // () whose product is 1 but holds no element.
+    if (static_cast<index_t>(storage_.size()) != size()) allocate();
   }
 
   /// Reinterprets the same elements with another shape of equal size.

@@ -26,13 +26,12 @@
 #include <string>
 #include <vector>
 
+#include "../mode.hpp"
+#include "../per_example.hpp"
 #include "../tensor.hpp"
 
 namespace opnorm {
 
-/// train: BatchNorm normalizes with batch statistics and updates its running
-/// statistics. eval: BatchNorm uses running statistics; nothing changes.
-enum class mode { train, eval };
 
 /// A named view of one tensor of a model's state, with PyTorch state_dict
 /// naming ("3.weight", "4.running_mean").
@@ -69,14 +68,6 @@ void fill_uniform(tensor<T, Backend>& t, std::mt19937_64& rng, double bound) {
 /// Throws std::invalid_argument naming the layer and both shapes.
 inline void require_shape(bool ok, const char* layer, const std::string& what) {
   if (!ok) throw std::invalid_argument(std::string("opnorm::") + layer + ": " + what);
-}
-
-/// y (+)= x elementwise on the backend of the tensors; resizes y when not accumulating.
-template <class T, class B>
-void add_into(const tensor<T, B>& x, tensor<T, B>& y) {
-  const T* xs = x.data();
-  T* ys = y.data();
-  backend::for_each_index(B{}, x.size(), [=] OPNORM_HD(index_t i) { ys[i] += xs[i]; });
 }
 
 }  // namespace opnorm

@@ -1,0 +1,105 @@
+#pragma once
+// global_snr: global spectral norm regularization (Yoshida & Miyato 2017),
+//
+//   l(y, f(x)) + lambda / 2 * sum_W sigma(W)^2,
+//
+// over every weight matrix W: dense weights (out, in), and conv kernels
+// viewed as (out, in * kh * kw) as torch.nn.utils.spectral_norm does.
+// BatchNorm scales (rank 1) are not matrices and are left alone.
+//
+// Each W keeps a persistent left vector u across steps, so one iteration per
+// step (the kernel composed as weight_operator, l2, no_step) suffices. The
+// penalty's gradient lambda * sigma * u v^T is computed fresh each step from
+// that step's u and v and added once: nothing stale is carried over.
+#include <map>
+#include <string>
+
+#include "../power_iteration.hpp"
+#include "method.hpp"
+
+namespace opnorm {
+
+template <class T = float, class Backend = backend::cpu>
+class global_snr {
+ public:
+  static constexpr const char* name = "global_snr";
+  using kernel = power_iteration<weight_operator, l2, no_step>;
+
+  double lambda = 3e-4;
+  int iterations = 1;
+
+  /// Draws a random unit u for each weight matrix of the model (seeded).
+  template <class Model>
+  explicit global_snr(Model& model, double lambda_ = 3e-4, int iterations_ = 1, std::uint64_t seed = 0)
+      : lambda(lambda_), iterations(iterations_) {
+    static_assert(std::is_same_v<typename Model::scalar, T> && std::is_same_v<typename Model::backend_type, Backend>,
+                  "global_snr<T, Backend> must match the model's scalar type and backend");
+    for (auto& p : model.state().parameters) {
+      if (!is_weight_matrix(p)) continue;
+      tensor<T, Backend> seed_row({1, p.value->dim(0)}, T(0));
+      const std::uint64_t key = random::fingerprint(p.name.data(), static_cast<index_t>(p.name.size()));
+      tensor<T, Backend> u;
+      l2::random_direction(seed_row, random::hash(seed, key, 0), u);  // keyed by seed and parameter name
+      u.reshape({p.value->dim(0)});
+      left_vectors_.emplace(p.name, std::move(u));
+    }
+  }
+
+  template <class Model>
+  batch_result accumulate_gradients(Model& model, typename Model::tape& tape, const typename Model::tensor_type& x,
+                                    const label_tensor<Backend>& y) {
+    const auto& logits = model.forward(x, tape, mode::train);
+    typename Model::tensor_type logit_gradient;
+    double loss = softmax_cross_entropy::evaluate(logits, y, &logit_gradient, reduction::mean);
+    const index_t correct = count_correct(logits, y);
+    model.vjp(tape, logit_gradient, nullptr, true);
+    loss += add_penalty_gradients(model);
+    return {loss, correct, x.dim(0)};
+  }
+
+  /// Runs the weight power iterations and adds lambda * sigma * u v^T to each
+  /// weight's gradient; returns the penalty lambda / 2 * sum sigma^2.
+  template <class Model>
+  double add_penalty_gradients(Model& model) {
+    double penalty = 0;
+    for (auto& p : model.state().parameters) {
+      if (!is_weight_matrix(p)) continue;
+      auto found = left_vectors_.find(p.name);
+      if (found == left_vectors_.end())
+        throw std::invalid_argument("opnorm::global_snr: no persistent vector for weight '" + p.name +
+                                    "': the method was built for another model");
+      tensor<T, Backend>& u = found->second;
+      const T sigma = kernel::run(*p.value, u, v_, iterations);
+      last_sigma_[p.name] = static_cast<double>(sigma);
+      penalty += lambda / 2 * static_cast<double>(sigma) * static_cast<double>(sigma);
+      const index_t rows = p.value->dim(0), cols = p.value->size() / rows;
+      // grad (rows x cols) += lambda sigma u v^T: a rank-one GEMM.
+      backend::gemm(Backend{}, false, false, rows, cols, 1, static_cast<T>(lambda) * sigma, u.data(), 1, v_.data(),
+                    cols, T(1), p.grad->data(), cols);
+    }
+    return penalty;
+  }
+
+  /// sigma of each weight matrix from the latest step.
+  const std::map<std::string, double>& last_sigma() const { return last_sigma_; }
+
+  /// The persistent vectors, for checkpoints ("<param>.u").
+  state_list<T, Backend> state() {
+    state_list<T, Backend> s;
+    for (auto& [name, u] : left_vectors_) s.buffers.push_back({name + ".u", &u, nullptr});
+    return s;
+  }
+
+ private:
+  static bool is_weight_matrix(const named_tensor<T, Backend>& p) {
+    const std::string suffix = "weight";
+    return p.value->rank() >= 2 && p.name.size() >= suffix.size() &&
+           p.name.compare(p.name.size() - suffix.size(), suffix.size(), suffix) == 0;
+  }
+
+  std::map<std::string, tensor<T, Backend>> left_vectors_;
+  std::map<std::string, double> last_sigma_;
+  tensor<T, Backend> v_;
+};
+
+}  // namespace opnorm

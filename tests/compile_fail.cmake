@@ -1,0 +1,14 @@
+# Compositions that make no sense must fail to compile with a message that
+# reads as a sentence. Each case compiles one file with -fsyntax-only and
+# passes only if the compiler fails with the expected static_assert text.
+get_target_property(_opnorm_eigen_includes Eigen3::Eigen INTERFACE_INCLUDE_DIRECTORIES)
+function(opnorm_compile_fail name expected)
+  add_test(NAME compile_fail_${name}
+    COMMAND ${CMAKE_CXX_COMPILER} -std=c++17 -fsyntax-only
+      -I${PROJECT_SOURCE_DIR}/include -I${_opnorm_eigen_includes}
+      ${CMAKE_CURRENT_SOURCE_DIR}/compile_fail/${name}.cpp)
+  set_tests_properties(compile_fail_${name} PROPERTIES WILL_FAIL FALSE PASS_REGULAR_EXPRESSION "${expected}")
+endfunction()
+opnorm_compile_fail(weight_operator_linf "weight_operator supports only the l2 norm")
+opnorm_compile_fail(exact_jvp_with_step "exact_jvp iterates on J_f\\(x\\) at a fixed x, so it must be composed with no_step")
+opnorm_compile_fail(loss_gradient_without_step "loss_gradient evaluates the loss at the moving iterate")

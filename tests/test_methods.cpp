@@ -1,0 +1,219 @@
+// The training methods' parameter gradients against central finite
+// differences of their objectives, with the power-iteration output (v, x*,
+// or the weight singular vectors) held fixed, in double.
+#include "gradient_check.hpp"
+
+#include <opnorm/layers/batch_norm.hpp>
+#include <opnorm/layers/conv2d.hpp>
+#include <opnorm/layers/dense.hpp>
+#include <opnorm/layers/flatten.hpp>
+#include <opnorm/layers/relu.hpp>
+#include <opnorm/methods/adversarial.hpp>
+#include <opnorm/methods/data_dependent_snr.hpp>
+#include <opnorm/methods/global_snr.hpp>
+#include <opnorm/methods/standard.hpp>
+
+using namespace opnorm;
+using namespace opnorm::testing;
+
+namespace {
+
+using small_cnn = sequential<conv2d<double>, batch_norm<double>, relu<double>, flatten<double>, dense<double>>;
+
+small_cnn make_net(std::uint64_t seed) {
+  small_cnn net(conv2d<double>(1, 3, 3, 1, 1), batch_norm<double>(3), relu<double>(), flatten<double>(),
+                dense<double>(3 * 5 * 5, 4));
+  net.initialize(seed);
+  return net;
+}
+
+struct fixture {
+  small_cnn net = make_net(3);
+  tensor_d x;
+  label_tensor<> y{4};
+  fixture() {
+    std::mt19937_64 rng(9);
+    x = random_tensor({4, 1, 5, 5}, rng, 0.0, 1.0);
+    for (index_t i = 0; i < 4; ++i) y[i] = static_cast<std::int32_t>(i % 4);
+  }
+};
+
+// Compares every parameter gradient left in the model with central
+// differences of objective(), which must evaluate the method's loss.
+template <class Objective>
+void check_parameter_gradients(small_cnn& net, Objective objective, double tolerance = 1e-6) {
+  const double h = 1e-6;
+  auto state = net.state();
+  for (auto& p : state.parameters) {
+    CAPTURE(p.name);
+    tensor_d fd(p.value->shape());
+    for (index_t i = 0; i < p.value->size(); ++i) {
+      const double keep = (*p.value)[i];
+      (*p.value)[i] = keep + h;
+      const double up = objective();
+      (*p.value)[i] = keep - h;
+      const double down = objective();
+      (*p.value)[i] = keep;
+      fd[i] = (up - down) / (2 * h);
+    }
+    // A conv bias followed by train-mode BatchNorm has an exactly zero
+    // gradient (the batch mean removes it); both sides are then rounding noise.
+    const bool both_zero = norm(*p.grad) < 1e-9 && norm(fd) < 1e-9;
+    CHECK((both_zero || relative_error(*p.grad, fd) < tolerance));
+  }
+}
+
+double cross_entropy(small_cnn& net, const tensor_d& x, const label_tensor<>& y) {
+  small_cnn::tape t;
+  return softmax_cross_entropy::evaluate(net.forward(x, t, mode::train), y, static_cast<tensor_d*>(nullptr));
+}
+
+}  // namespace
+
+TEST_CASE("data-dependent SNR (Eq. 9): gradients match finite differences with v held fixed") {
+  fixture f;
+  data_dependent_snr<> method;
+  method.lambda = 0.7;
+  method.eps = 0.3;
+  tensor_d v;
+  l2::random_direction(f.x, 4, v);
+  tensor_d probe = f.x;
+  for (index_t i = 0; i < probe.size(); ++i) probe[i] += method.eps * v[i];
+
+  f.net.zero_grad();
+  small_cnn::tape tape;
+  const batch_result r = method.accumulate_gradients_at(f.net, tape, f.x, probe, f.y);
+
+  auto objective = [&] {
+    small_cnn::tape a, b;
+    const tensor_d clean = f.net.forward(f.x, a, mode::train);
+    const tensor_d& perturbed = f.net.forward(probe, b, mode::train);
+    double penalty = 0;
+    for (index_t i = 0; i < clean.size(); ++i) penalty += (perturbed[i] - clean[i]) * (perturbed[i] - clean[i]);
+    return softmax_cross_entropy::evaluate(clean, f.y, static_cast<tensor_d*>(nullptr)) + method.lambda / 2 * penalty / 4;
+  };
+  CHECK(r.loss == doctest::Approx(objective()).epsilon(1e-12));
+  check_parameter_gradients(f.net, objective);
+}
+
+TEST_CASE("adversarial training (Eq. 10 and Madry): gradients match finite differences with x* held fixed") {
+  for (auto form : {adversarial<>::objective::clean_plus_adversarial, adversarial<>::objective::adversarial_only}) {
+    fixture f;
+    adversarial<> method;
+    method.lambda = 0.6;
+    method.form = form;
+    std::mt19937_64 rng(2);
+    const tensor_d x_adv = random_tensor(f.x.shape(), rng, 0.0, 1.0);
+    f.net.zero_grad();
+    small_cnn::tape tape;
+    const batch_result r = method.accumulate_gradients_at(f.net, tape, f.x, x_adv, f.y);
+    auto objective = [&] {
+      const double adv = cross_entropy(f.net, x_adv, f.y);
+      return form == adversarial<>::objective::clean_plus_adversarial ? cross_entropy(f.net, f.x, f.y) + method.lambda * adv : adv;
+    };
+    CHECK(r.loss == doctest::Approx(objective()).epsilon(1e-12));
+    check_parameter_gradients(f.net, objective);
+  }
+}
+
+TEST_CASE("adversarial training's attack stays in the ball and does not change the model") {
+  fixture f;
+  adversarial<> method;
+  method.eps = 0.5;
+  method.iterations = 3;
+  auto state = f.net.state();
+  const std::vector<double> mean_before = state.buffers[0].value->to_vector();
+  f.net.zero_grad();
+  small_cnn::tape tape;
+  const batch_result r = method.accumulate_gradients(f.net, tape, f.x, f.y);
+  CHECK(std::isfinite(r.loss));
+  CHECK(r.examples == 4);
+  // Two train-mode passes (clean, adversarial) update the running mean twice,
+  // never the attack's eval-mode passes.
+  CHECK(*state.counters[0].value == 2);
+  CHECK(state.buffers[0].value->to_vector() != mean_before);
+}
+
+TEST_CASE("global SNR: the added gradient is lambda sigma u v^T, the gradient of lambda/2 (u^T W v)^2") {
+  fixture f;
+  global_snr<double> method(f.net, 0.8, 3, 11);
+  f.net.zero_grad();
+  const double penalty = method.add_penalty_gradients(f.net);
+  REQUIRE(method.last_sigma().size() == 2);  // the conv kernel and the dense weight; BN's rank-1 weight is skipped
+
+  // With u and v held at this step's values, R(W) = lambda/2 (u^T W v)^2.
+  auto state = f.net.state();
+  auto vectors = method.state();
+  double sum = 0;
+  for (auto& p : state.parameters) {
+    CAPTURE(p.name);
+    const bool is_matrix = p.value->rank() >= 2;
+    if (!is_matrix) {
+      for (index_t i = 0; i < p.grad->size(); ++i) CHECK((*p.grad)[i] == 0.0);
+      continue;
+    }
+    const double sigma = method.last_sigma().at(p.name);
+    sum += method.lambda / 2 * sigma * sigma;
+    // Recover v = W^T u / ||W^T u|| for this u: one more half-iteration.
+    tensor_d* u = nullptr;
+    for (auto& b : vectors.buffers)
+      if (b.name == p.name + ".u") u = b.value;
+    REQUIRE(u);
+    const index_t rows = p.value->dim(0), cols = p.value->size() / rows;
+    // The gradient must be rank one: lambda sigma u v^T, with v of unit norm.
+    tensor_d v({cols}, 0.0);
+    for (index_t c = 0; c < cols; ++c) v[c] = (*p.grad)[c] / (method.lambda * sigma * (*u)[0]);
+    double v_norm = 0;
+    for (index_t c = 0; c < cols; ++c) v_norm += v[c] * v[c];
+    CHECK(v_norm == doctest::Approx(1.0).epsilon(1e-10));
+    auto objective = [&] {
+      double s = 0;
+      for (index_t r = 0; r < rows; ++r)
+        for (index_t c = 0; c < cols; ++c) s += (*u)[r] * (*p.value)[r * cols + c] * v[c];
+      return method.lambda / 2 * s * s;
+    };
+    const double h = 1e-6;
+    tensor_d fd(p.value->shape());
+    for (index_t i = 0; i < p.value->size(); ++i) {
+      const double keep = (*p.value)[i];
+      (*p.value)[i] = keep + h;
+      const double up = objective();
+      (*p.value)[i] = keep - h;
+      const double down = objective();
+      (*p.value)[i] = keep;
+      fd[i] = (up - down) / (2 * h);
+    }
+    CHECK(relative_error(*p.grad, fd) < 1e-6);
+    // sigma is u^T W v for the final u and v.
+    CHECK(std::sqrt(2 * objective() / method.lambda) == doctest::Approx(sigma).epsilon(1e-10));
+  }
+  CHECK(penalty == doctest::Approx(sum).epsilon(1e-12));
+
+  // Gradients are fresh each step: once u has converged, a second step after
+  // zero_grad gives the same gradient, one term and nothing carried over.
+  method.iterations = 2000;
+  f.net.zero_grad();
+  method.add_penalty_gradients(f.net);
+  const std::vector<double> once = state.parameters[0].grad->to_vector();
+  f.net.zero_grad();
+  method.add_penalty_gradients(f.net);
+  const std::vector<double> again = state.parameters[0].grad->to_vector();
+  for (std::size_t i = 0; i < once.size(); ++i) CHECK(again[i] == doctest::Approx(once[i]).epsilon(1e-6));
+}
+
+TEST_CASE("the regularizer is not silently zero with default settings") {
+  fixture f;
+  small_cnn::tape tape;
+  f.net.zero_grad();
+  const double plain = standard{}.accumulate_gradients(f.net, tape, f.x, f.y).loss;
+  data_dependent_snr<> dd;
+  f.net.zero_grad();
+  const double with_dd = dd.accumulate_gradients(f.net, tape, f.x, f.y).loss;
+  CHECK(dd.lambda > 0);
+  CHECK(with_dd > plain);
+  global_snr<double> gs(f.net);
+  f.net.zero_grad();
+  const double with_gs = gs.accumulate_gradients(f.net, tape, f.x, f.y).loss;
+  CHECK(gs.lambda > 0);
+  CHECK(with_gs > plain);
+}

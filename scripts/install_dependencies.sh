@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the Debian packages opnorm's build, tests and reproduction need,
+# and only those that are missing. Safe to run repeatedly.
+#   scripts/install_dependencies.sh [build|test|reproduce]
+set -euo pipefail
+
+purpose="${1:-test}"
+packages=(build-essential cmake pkg-config libeigen3-dev xtensor-dev libxsimd-dev doctest-dev
+          libbenchmark-dev zlib1g-dev libcli11-dev nlohmann-json3-dev)
+case "$purpose" in
+  build) ;;
+  # The PyTorch cross-checks run in the test suite.
+  test) packages+=(python3 python3-torch python3-numpy dataset-fashion-mnist) ;;
+  # The reproduction trains on Fashion-MNIST and plots with matplotlib.
+  reproduce) packages+=(python3 python3-matplotlib python3-numpy dataset-fashion-mnist) ;;
+  *) echo "usage: $0 [build|test|reproduce]" >&2; exit 2 ;;
+esac
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "opnorm: installing ${missing[*]}" >&2
+  sudo_cmd=""
+  [ "$(id -u)" -eq 0 ] || sudo_cmd="sudo"
+  $sudo_cmd apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

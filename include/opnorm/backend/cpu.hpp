@@ -94,6 +94,12 @@ using cmap = Eigen::Map<const row_major<T>, Eigen::Unaligned, Eigen::OuterStride
 template <class T>
 using mmap = Eigen::Map<row_major<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
 
+// Whether a batch of GEMMs with this many multiply-adds pays for waking
+// threads. Below it the fork/join costs more than it saves, and on a
+// loaded machine spinning OpenMP workers make it much worse (the
+// finite-difference tests, thousands of tiny GEMMs, ran 100x slower).
+inline bool worth_threads(index_t multiply_adds) { return multiply_adds >= (index_t{1} << 18); }
+
 // C = alpha * op(A) op(B) + beta * C, row-major, single call into Eigen.
 template <class T>
 inline void gemm_one(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha,
@@ -130,10 +136,14 @@ inline void gemm_batched(cpu, bool trans_a, bool trans_b, index_t m, index_t n, 
                          const T* a, index_t lda, index_t stride_a, const T* b, index_t ldb,
                          index_t stride_b, T beta, T* c, index_t ldc, index_t stride_c,
                          index_t count) {
-  for_each_task(cpu{}, count, [&](index_t i) {
+  auto one = [&](index_t i) {
     detail::gemm_one(trans_a, trans_b, m, n, k, alpha, a + i * stride_a, lda, b + i * stride_b,
                      ldb, beta, c + i * stride_c, ldc);
-  });
+  };
+  if (detail::worth_threads(m * n * k * count))
+    for_each_task(cpu{}, count, one);
+  else
+    for (index_t i = 0; i < count; ++i) one(i);
 }
 
 /// C = alpha * sum_i op(A_i) op(B_i) + beta * C. Used for parameter
@@ -149,6 +159,7 @@ inline void gemm_batched_sum(cpu, bool trans_a, bool trans_b, index_t m, index_t
 #ifdef _OPENMP
   if (!omp_in_parallel()) threads = omp_get_max_threads();
 #endif
+  if (!detail::worth_threads(m * n * k * count)) threads = 1;
   const index_t chunks = std::max<index_t>(1, std::min<index_t>(threads, count));
   std::vector<detail::row_major<T>> partial(static_cast<std::size_t>(chunks));
   for_each_task(cpu{}, chunks, [&](index_t t) {

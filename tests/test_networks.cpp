@@ -1,0 +1,195 @@
+#include "gradient_check.hpp"
+
+#include <opnorm/networks.hpp>
+
+using namespace opnorm;
+using namespace opnorm::testing;
+
+namespace {
+
+// Images in [0, 1], the unit every model input uses.
+tensor_d random_images(const shape_t& shape, std::mt19937_64& rng) { return random_tensor(shape, rng, 0.0, 1.0); }
+
+// |<J v, u> - <v, J^T u>| / max(|<J v, u>|, |<v, J^T u>|) for the network
+// at x, with J from sequential::jvp and J^T from sequential::vjp.
+template <class Net>
+double adjointness_error(Net& net, const tensor_d& x, mode m, std::mt19937_64& rng) {
+  typename Net::tape tape;
+  const tensor_d& y = net.forward(x, tape, m);
+  const tensor_d v = random_tensor(x.shape(), rng), u = random_tensor(y.shape(), rng);
+  tensor_d jv, jtu;
+  net.jvp(tape, v, jv);
+  net.vjp(tape, u, &jtu, false);
+  const double forward_side = dot(jv, u), backward_side = dot(v, jtu);
+  return std::abs(forward_side - backward_side) / std::max(std::abs(forward_side), std::abs(backward_side));
+}
+
+}  // namespace
+
+TEST_CASE("fmnist_cnn maps (N, 1, 28, 28) images to (N, 10) logits") {
+  auto net = make_fmnist_cnn<double>(1);
+  CHECK(net.output_shape({128, 1, 28, 28}) == shape_t{128, 10});
+  std::mt19937_64 rng(1);
+  const tensor_d logits = net.predict(random_images({3, 1, 28, 28}, rng));
+  CHECK(logits.shape() == shape_t{3, 10});
+  for (index_t i = 0; i < logits.size(); ++i) CHECK(std::isfinite(logits[i]));
+  CHECK_THROWS_WITH_AS(net.output_shape({2, 3, 28, 28}),
+                       doctest::Contains("conv2d: expects input (batch, 1, height, width)"),
+                       std::invalid_argument);
+}
+
+TEST_CASE("fmnist_cnn state has PyTorch nn.Sequential names and shapes") {
+  auto net = make_fmnist_cnn<float>(0);
+  auto s = net.state();
+  std::vector<std::string> names;
+  for (auto& p : s.parameters) names.push_back(p.name);
+  CHECK(names == std::vector<std::string>{"1.weight", "1.bias", "2.weight", "2.bias", "4.weight", "4.bias",
+                                          "5.weight", "5.bias", "8.weight", "8.bias", "9.weight", "9.bias",
+                                          "11.weight", "11.bias", "12.weight", "12.bias", "16.weight",
+                                          "16.bias", "18.weight", "18.bias"});
+  CHECK(s.parameters[0].value->shape() == shape_t{32, 1, 3, 3});
+  CHECK(s.parameters[12].value->shape() == shape_t{64, 64, 3, 3});
+  CHECK(s.parameters[16].value->shape() == shape_t{256, 3136});
+  CHECK(s.parameters[18].value->shape() == shape_t{10, 256});
+  REQUIRE(s.buffers.size() == 2 + 4 * 2);
+  CHECK(s.buffers[0].name == "0.mean");
+  CHECK((*s.buffers[0].value)[0] == 0.2860f);
+  CHECK(s.buffers[1].name == "0.std");
+  CHECK(s.buffers[2].name == "2.running_mean");
+  REQUIRE(s.counters.size() == 4);
+  CHECK(s.counters[3].name == "12.num_batches_tracked");
+  index_t count = 0;
+  for (auto& p : s.parameters) count += p.value->size();
+  // 320 + 64 + 9248 + 64 + 18496 + 128 + 36928 + 128 + 803072 + 2570
+  CHECK(count == 871018);
+}
+
+TEST_CASE("make_fmnist_cnn: the seed decides the weights") {
+  auto a = make_fmnist_cnn<float>(3), b = make_fmnist_cnn<float>(3), c = make_fmnist_cnn<float>(4);
+  CHECK(a.layer<1>().weight().to_vector() == b.layer<1>().weight().to_vector());
+  CHECK(a.layer<18>().bias().to_vector() == b.layer<18>().bias().to_vector());
+  CHECK(a.layer<1>().weight().to_vector() != c.layer<1>().weight().to_vector());
+}
+
+TEST_CASE("fmnist_cnn in eval mode: <J v, u> = <v, J^T u>") {
+  std::mt19937_64 rng(2);
+  auto net = make_fmnist_cnn<double>(2);
+  // Move the running statistics away from their initial values.
+  typename fmnist_cnn<double>::tape tape;
+  net.forward(random_images({4, 1, 28, 28}, rng), tape, mode::train);
+  CHECK(adjointness_error(net, random_images({2, 1, 28, 28}, rng), mode::eval, rng) < 1e-12);
+}
+
+TEST_CASE("fmnist_cnn in train mode (batch statistics): <J v, u> = <v, J^T u>") {
+  std::mt19937_64 rng(3);
+  auto net = make_fmnist_cnn<double>(3);
+  CHECK(adjointness_error(net, random_images({3, 1, 28, 28}, rng), mode::train, rng) < 1e-12);
+}
+
+// ||J v - (f(x + h v) - f(x - h v)) / 2h|| / ||J v|| for the network at x.
+template <class Net>
+double jvp_finite_difference_error(Net& net, const tensor_d& x, mode m, std::mt19937_64& rng) {
+  const tensor_d v = random_tensor(x.shape(), rng);
+  typename Net::tape tape;
+  net.forward(x, tape, m);
+  tensor_d jv;
+  net.jvp(tape, v, jv);
+  const double h = 1e-6;
+  tensor_d xp = x, xm = x;
+  for (index_t i = 0; i < x.size(); ++i) {
+    xp[i] += h * v[i];
+    xm[i] -= h * v[i];
+  }
+  typename Net::tape tp, tm;
+  const tensor_d& yp = net.forward(xp, tp, m);
+  const tensor_d& ym = net.forward(xm, tm, m);
+  tensor_d fd(yp.shape());
+  for (index_t i = 0; i < fd.size(); ++i) fd[i] = (yp[i] - ym[i]) / (2 * h);
+  return relative_error(jv, fd);
+}
+
+TEST_CASE("fmnist_cnn in eval mode: the JVP matches central finite differences") {
+  std::mt19937_64 rng(4);
+  auto net = make_fmnist_cnn<double>(4);
+  typename fmnist_cnn<double>::tape tape;
+  net.forward(random_images({4, 1, 28, 28}, rng), tape, mode::train);
+  // The network is piecewise linear in eval mode, so central differences
+  // are exact up to rounding while no ReLU or max-pool choice flips.
+  CHECK(jvp_finite_difference_error(net, random_images({2, 1, 28, 28}, rng), mode::eval, rng) < 1e-6);
+}
+
+TEST_CASE("fmnist_cnn in train mode: the JVP (through batch statistics) matches finite differences") {
+  std::mt19937_64 rng(5);
+  auto net = make_fmnist_cnn<double>(5);
+  CHECK(jvp_finite_difference_error(net, random_images({3, 1, 28, 28}, rng), mode::train, rng) < 1e-6);
+}
+
+TEST_CASE("fmnist_cnn: eval-mode passes leave the model's state untouched") {
+  std::mt19937_64 rng(6);
+  auto net = make_fmnist_cnn<double>(6);
+  typename fmnist_cnn<double>::tape tape;
+  net.forward(random_images({4, 1, 28, 28}, rng), tape, mode::train);
+  const std::vector<double> running_var = net.layer<9>().running_var().to_vector();
+  const auto tracked = net.layer<9>().num_batches_tracked();
+  const tensor_d x = random_images({2, 1, 28, 28}, rng);
+  net.forward(x, tape, mode::eval);
+  tensor_d gx;
+  net.vjp(tape, random_tensor({2, 10}, rng), &gx, false);
+  CHECK(net.layer<9>().running_var().to_vector() == running_var);
+  CHECK(net.layer<9>().num_batches_tracked() == tracked);
+}
+
+TEST_CASE("cnn7 maps (N, 3, 32, 32) images to (N, 10) logits") {
+  auto net = make_cnn7<float>(0);
+  CHECK(net.output_shape({128, 3, 32, 32}) == shape_t{128, 10});
+  CHECK(net.layer<24>().output_shape({2, 1024, 2, 2}) == shape_t{2, 1024, 2, 2});
+  auto s = net.state();
+  // Seven convolutions with weight and bias, BatchNorm without affine
+  // parameters, one dense layer.
+  REQUIRE(s.parameters.size() == 7 * 2 + 2);
+  CHECK(s.parameters[0].name == "1.weight");
+  CHECK(s.parameters[12].name == "22.weight");
+  CHECK(s.parameters[12].value->shape() == shape_t{1024, 512, 3, 3});
+  CHECK(s.parameters[14].name == "27.weight");
+  CHECK(s.parameters[14].value->shape() == shape_t{10, 1024});
+  CHECK(s.buffers[0].value->to_vector() == std::vector<float>{0.4914f, 0.4822f, 0.4465f});
+
+  std::mt19937_64 rng(7);
+  tensor<float> x({2, 3, 32, 32});
+  std::uniform_real_distribution<float> pixel(0.0f, 1.0f);
+  for (index_t i = 0; i < x.size(); ++i) x[i] = pixel(rng);
+  typename cnn7<float>::tape tape;
+  const tensor<float>& logits = net.forward(x, tape, mode::train);
+  REQUIRE(logits.shape() == shape_t{2, 10});
+  for (index_t i = 0; i < logits.size(); ++i) CHECK(std::isfinite(logits[i]));
+  CHECK(tape.activations[25].shape() == shape_t{2, 1024, 2, 2});
+  CHECK(tape.activations[26].shape() == shape_t{2, 1024, 1, 1});
+}
+
+TEST_CASE("fmnist_cnn: a train-mode forward and backward pass gives the same bits every time") {
+  auto gradients_of_one_step = [] {
+    auto net = make_fmnist_cnn<float>(8);
+    std::mt19937_64 rng(8);
+    std::uniform_real_distribution<float> pixel(0.0f, 1.0f), unit(-1.0f, 1.0f);
+    tensor<float> x({8, 1, 28, 28}), gy({8, 10});
+    for (index_t i = 0; i < x.size(); ++i) x[i] = pixel(rng);
+    for (index_t i = 0; i < gy.size(); ++i) gy[i] = unit(rng);
+    typename fmnist_cnn<float>::tape tape;
+    net.forward(x, tape, mode::train);
+    tensor<float> gx;
+    net.vjp(tape, gy, &gx, true);
+    std::vector<float> all = gx.to_vector();
+    auto s = net.state();
+    for (auto& p : s.parameters) {
+      const auto g = p.grad->to_vector();
+      all.insert(all.end(), g.begin(), g.end());
+    }
+    for (auto& b : s.buffers) {
+      const auto v = b.value->to_vector();
+      all.insert(all.end(), v.begin(), v.end());
+    }
+    return all;
+  };
+  const std::vector<float> first = gradients_of_one_step();
+  CHECK(gradients_of_one_step() == first);
+}

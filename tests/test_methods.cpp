@@ -96,6 +96,44 @@ TEST_CASE("data-dependent SNR (Eq. 9): gradients match finite differences with v
   check_parameter_gradients(f.net, objective);
 }
 
+TEST_CASE("data-dependent SNR, Jacobian form (Eq. 8): gradients match finite differences with v held fixed") {
+  fixture f;
+  data_dependent_snr<> method;
+  method.lambda = 0.9;
+  method.regularizer = data_dependent_snr<>::form::jacobian;
+  // Eval-mode BatchNorm with non-trivial running statistics and scale.
+  {
+    small_cnn::tape warm;
+    f.net.forward(f.x, warm, mode::train);
+    f.net.layer<1>().weight()[1] = 1.7;
+  }
+  tensor_d v;
+  l2::random_direction(f.x, 6, v);
+
+  // A train-mode pass updates the running statistics the eval-mode Jacobian
+  // depends on, so every train-mode pass below runs on a copy: the objective
+  // and the method then see the same eval-mode Jacobian.
+  auto objective = [&] {
+    small_cnn::tape at_x;
+    f.net.forward(f.x, at_x, mode::eval);
+    tensor_d jv;
+    f.net.jvp(at_x, v, jv);
+    small_cnn copy = f.net;
+    return cross_entropy(copy, f.x, f.y) + method.lambda / 2 * dot(jv, jv) / 4;
+  };
+  const double expected = objective();
+
+  small_cnn trained = f.net;
+  trained.zero_grad();
+  small_cnn::tape tape;
+  const batch_result r = method.accumulate_jacobian_gradients_at(trained, tape, f.x, v, f.y);
+  CHECK(r.loss == doctest::Approx(expected).epsilon(1e-12));
+  auto from = trained.state();
+  auto to = f.net.state();
+  for (std::size_t i = 0; i < to.parameters.size(); ++i) *to.parameters[i].grad = *from.parameters[i].grad;
+  check_parameter_gradients(f.net, objective);
+}
+
 TEST_CASE("adversarial training (Eq. 10 and Madry): gradients match finite differences with x* held fixed") {
   for (auto form : {adversarial<>::objective::clean_plus_adversarial, adversarial<>::objective::adversarial_only}) {
     fixture f;

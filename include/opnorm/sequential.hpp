@@ -36,6 +36,7 @@ class sequential {
     std::vector<tensor_type> activations = std::vector<tensor_type>(depth + 1);
     std::tuple<typename Layers::cache...> caches;
     std::vector<tensor_type> scratch = std::vector<tensor_type>(2);
+    std::vector<tensor_type> tangents;  // J_l ... J_1 dx per layer, for jvp_parameter_vjp
     mode forward_mode = mode::eval;
     const tensor_type& input() const { return activations.front(); }
     const tensor_type& output() const { return activations.back(); }
@@ -92,6 +93,18 @@ class sequential {
     jvp_layers(t, dx, dy, until, std::index_sequence_for<Layers...>{});
   }
 
+  /// Accumulates d<g, J(x) dx>/d theta into the parameter gradients, with
+  /// the taped point and its activation pattern held fixed: the gradient of a
+  /// function of the JVP (data-dependent SNR's Jacobian form, Eq. 8). It
+  /// pushes dx forward through the layers' JVPs, then pulls g back through
+  /// their VJPs, letting each layer with parameters add its explicit term.
+  void jvp_parameter_vjp(tape& t, const tensor_type& dx, const tensor_type& g) {
+    t.tangents.resize(depth + 1);
+    assign(dx, t.tangents[0]);
+    jvp_layers_keep(t, std::index_sequence_for<Layers...>{});
+    jvp_parameter_vjp_layers(t, g, std::make_index_sequence<depth>{});
+  }
+
   /// Every tensor of the model's state under PyTorch nn.Sequential names.
   state_list<scalar, backend_type> state() {
     state_list<scalar, backend_type> s;
@@ -143,6 +156,42 @@ class sequential {
       if (L >= until) return;
       tensor_type* out = L + 1 == until ? &dy : &t.scratch[static_cast<std::size_t>(slot)];
       std::get<L>(layers_).jvp(t.activations[L], t.activations[L + 1], std::get<L>(t.caches), *incoming, *out);
+      incoming = out;
+      slot ^= 1;
+    };
+    (step(std::integral_constant<std::size_t, I>{}), ...);
+  }
+
+  template <std::size_t... I>
+  void jvp_layers_keep(tape& t, std::index_sequence<I...>) {
+    (std::get<I>(layers_).jvp(t.activations[I], t.activations[I + 1], std::get<I>(t.caches), t.tangents[I],
+                              t.tangents[I + 1]),
+     ...);
+  }
+
+  template <class L, class = void>
+  struct has_jvp_parameter_vjp : std::false_type {};
+  template <class L>
+  struct has_jvp_parameter_vjp<L, std::void_t<decltype(std::declval<L&>().jvp_parameter_vjp(
+                                      std::declval<const tensor_type&>(), std::declval<const tensor_type&>(),
+                                      std::declval<const typename L::cache&>(), std::declval<const tensor_type&>(),
+                                      std::declval<const tensor_type&>()))>> : std::true_type {};
+
+  // Walks the layers backwards like vjp_layers; layers without parameters
+  // only pass the gradient on.
+  template <std::size_t... I>
+  void jvp_parameter_vjp_layers(tape& t, const tensor_type& g, std::index_sequence<I...>) {
+    const tensor_type* incoming = &g;
+    int slot = 0;
+    auto step = [&](auto index) {
+      constexpr std::size_t L = depth - 1 - decltype(index)::value;
+      auto& layer = std::get<L>(layers_);
+      using layer_type = std::decay_t<decltype(layer)>;
+      if constexpr (has_jvp_parameter_vjp<layer_type>::value)
+        layer.jvp_parameter_vjp(t.activations[L], t.activations[L + 1], std::get<L>(t.caches), t.tangents[L], *incoming);
+      if (L == 0) return;
+      tensor_type* out = &t.scratch[static_cast<std::size_t>(slot)];
+      layer.vjp(t.activations[L], t.activations[L + 1], std::get<L>(t.caches), *incoming, out, false);
       incoming = out;
       slot ^= 1;
     };

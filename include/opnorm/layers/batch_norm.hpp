@@ -168,6 +168,49 @@ class batch_norm {
     apply_jacobian(x, c, dx, dy.data(), nullptr, nullptr);
   }
 
+  /// Accumulates d<g, J dx>/dgamma = sum g * (J dx) / gamma per channel, the
+  /// explicit dependence of the JVP on the scale (beta does not enter J dx).
+  /// The normalization statistics are held at their cached values: exact in
+  /// eval mode, where they are buffers, which is how the Jacobian-form
+  /// regularizer uses it.
+  void jvp_parameter_vjp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache& c,
+                         const tensor<T, Backend>& dx, const tensor<T, Backend>& g) {
+    if (!affine_) return;
+    const index_t C = features_, N = x.dim(0), S = spatial_size(x.shape());
+    const accumulator M = static_cast<accumulator>(N * S);
+    const bool batch = c.batch_statistics;
+    const T* xs = x.data();
+    const T* vs = dx.data();
+    const T* gs = g.data();
+    const T* mean = c.mean.data();
+    const T* inv_std = c.inv_std.data();
+    T* gamma_grad = weight_grad_.data();
+    for_each_channel(C, N * S, [=] OPNORM_HD(index_t ch) {
+      const T mu = mean[ch], is = inv_std[ch];
+      detail::interleaved_sum<accumulator> v_sum, xhat_v_sum, total;
+      if (batch) {
+        for (index_t n = 0; n < N; ++n) {
+          const T* xr = xs + (n * C + ch) * S;
+          const T* vr = vs + (n * C + ch) * S;
+          v_sum.add(S, [=](index_t i) { return static_cast<accumulator>(vr[i]); });
+          xhat_v_sum.add(S, [=](index_t i) { return static_cast<accumulator>((xr[i] - mu) * is) * vr[i]; });
+        }
+      }
+      const T mean_v = batch ? static_cast<T>(v_sum.total() / M) : T(0);
+      const T mean_xhat_v = batch ? static_cast<T>(xhat_v_sum.total() / M) : T(0);
+      for (index_t n = 0; n < N; ++n) {
+        const T* xr = xs + (n * C + ch) * S;
+        const T* vr = vs + (n * C + ch) * S;
+        const T* gr = gs + (n * C + ch) * S;
+        total.add(S, [=](index_t i) {
+          const T xhat = (xr[i] - mu) * is;
+          return static_cast<accumulator>(gr[i]) * static_cast<accumulator>(is * (vr[i] - mean_v - xhat * mean_xhat_v));
+        });
+      }
+      gamma_grad[ch] += static_cast<T>(total.total());
+    });
+  }
+
   /// PyTorch's state_dict order: weight, bias, running_mean, running_var,
   /// num_batches_tracked.
   void collect_state(state_list<T, Backend>& s, const std::string& prefix) {

@@ -171,6 +171,25 @@ class conv2d {
     }
   }
 
+  /// Accumulates d<g, J dx>/dW into the weight gradient: the weight
+  /// gradient of the convolution evaluated at the tangent dx instead of the
+  /// input (J dx is the bias-free convolution of dx, linear in W).
+  void jvp_parameter_vjp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache& c,
+                         const tensor<T, Backend>& dx, const tensor<T, Backend>& g) {
+    const geometry geo = geometry_of(x.shape());
+    const index_t chunk = chunk_size(geo);
+    c.columns.resize({chunk * geo.column_size()});
+    T* col = c.columns.data();
+    for (index_t n0 = 0; n0 < geo.batch; n0 += chunk) {
+      const index_t count = std::min(chunk, geo.batch - n0);
+      im2col(geo, dx.data() + n0 * in_ * geo.plane_in(), col, count);
+      backend::gemm_batched_sum(Backend{}, false, true, out_, geo.k_rows, geo.plane_out(), T(1),
+                                g.data() + n0 * out_ * geo.plane_out(), geo.plane_out(), out_ * geo.plane_out(),
+                                col, geo.plane_out(), geo.column_size(), T(1), weight_grad_.data(), geo.k_rows,
+                                count);
+    }
+  }
+
   /// The convolution is linear in its input; the bias does not depend on it.
   void jvp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache& c,
            const tensor<T, Backend>& dx, tensor<T, Backend>& dy) const {

@@ -83,6 +83,15 @@ class dense {
     linear_map(dx, dy);  // the bias does not depend on x
   }
 
+  /// Accumulates d<g, J dx>/dW = g^T dx into the weight gradient: the
+  /// parameter gradient of a JVP (data-dependent SNR in its Jacobian form).
+  /// The bias does not enter J dx.
+  void jvp_parameter_vjp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache&,
+                         const tensor<T, Backend>& dx, const tensor<T, Backend>& g) {
+    backend::gemm(Backend{}, true, false, out_, in_, x.dim(0), T(1), g.data(), out_, dx.data(), in_, T(1),
+                  weight_grad_.data(), in_);
+  }
+
   void collect_state(state_list<T, Backend>& s, const std::string& prefix) {
     s.parameters.push_back({prefix + "weight", &weight_, &weight_grad_});
     if (has_bias_) s.parameters.push_back({prefix + "bias", &bias_, &bias_grad_});

@@ -6,6 +6,10 @@
 //                    cheap way when outputs are few (10 logits, 784 pixels).
 //   jacobian_by_jvp: one JVP per input coordinate: the cheap way when inputs
 //                    are few, and an independent check of the other.
+#include <cstddef>
+#include <limits>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #include <Eigen/Core>
@@ -17,6 +21,29 @@ namespace opnorm::analysis {
 
 template <class T>
 using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>;
+template <class T>
+using column_vector = Eigen::Matrix<T, Eigen::Dynamic, 1>;
+
+/// Named values for the `until` argument of the analysis functions, which
+/// study the map x -> a_until (a_0 = x, a_L = logits). They stand for
+/// indices that depend on the model's depth L:
+///   network_output       a_L, the logits (the map f itself);
+///   penultimate_output   a_{L-1}, the input of the last layer (the paper's
+///                        phi_{L-1} when the last layer is the final dense).
+inline constexpr std::size_t network_output = std::numeric_limits<std::size_t>::max();
+inline constexpr std::size_t penultimate_output = network_output - 1;
+
+/// The activation index an `until` argument names for Model, checked.
+template <class Model>
+std::size_t activation_index(std::size_t until) {
+  if (until == network_output) return Model::depth;
+  if (until == penultimate_output) return Model::depth - 1;
+  if (until > Model::depth)
+    throw std::invalid_argument("opnorm::analysis: until = " + std::to_string(until) +
+                                " names no activation of a network with " + std::to_string(Model::depth) +
+                                " layers (a_0 = input ... a_" + std::to_string(Model::depth) + " = output)");
+  return until;
+}
 
 /// J_f(x_i) for every example i of x, via one VJP per output.
 template <class Model>
@@ -42,9 +69,11 @@ std::vector<matrix<typename Model::scalar>> jacobian_by_vjp(Model& model, const 
 }
 
 /// J of x -> a_until for every example, via one JVP per input coordinate.
+/// until is an activation index or network_output / penultimate_output.
 template <class Model>
 std::vector<matrix<typename Model::scalar>> jacobian_by_jvp(Model& model, const typename Model::tensor_type& x,
                                                             std::size_t until = Model::depth) {
+  until = activation_index<Model>(until);
   using T = typename Model::scalar;
   using tensor_type = typename Model::tensor_type;
   typename Model::tape tape;

@@ -61,11 +61,13 @@ struct softmax_cross_entropy {
       for (index_t j = 1; j < k; ++j) m = zi[j] > m ? zi[j] : m;
       T s = T(0);
       for (index_t j = 0; j < k; ++j) s += std::exp(zi[j] - m);
-      const T log_sum = m + std::log(s);
       const index_t label = y[i] < 0 || y[i] >= k ? 0 : y[i];
-      val[i] = log_sum - zi[label];
+      // (m - z_label) + log(s) rather than (m + log(s)) - z_label: for large
+      // logits m + log(s) would round log(s) to the spacing of m (0.001 at
+      // 1e4 in float), while m - z_label is exact when the two are close.
+      val[i] = (m - zi[label]) + std::log(s);
       if (g) {
-        for (index_t j = 0; j < k; ++j) g[i * k + j] = scale * (std::exp(zi[j] - log_sum) - (j == label ? T(1) : T(0)));
+        for (index_t j = 0; j < k; ++j) g[i * k + j] = scale * (std::exp(zi[j] - m) / s - (j == label ? T(1) : T(0)));
       }
     });
     if (per_example) *per_example = values;

@@ -1,0 +1,331 @@
+// train: trains fmnist_cnn on Fashion-MNIST or cnn7 on CIFAR-10 with a
+// chosen training method, optimizer and schedule, and prints the test
+// accuracy. Run `train --help` for the options.
+//
+// The output folder receives
+//   log.csv            one row per epoch (losses, accuracies, learning rate, seconds)
+//   last.safetensors   a resumable checkpoint, rewritten after every epoch
+//   final.safetensors  the trained model alone (PyTorch state_dict layout)
+//
+// `train --resume out/last.safetensors` continues a run: options not given
+// on the command line are taken from the checkpoint, options given must
+// match it, and the continued run is bit-identical to an uninterrupted one
+// (with the same thread count).
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <filesystem>
+#include <functional>
+#include <iostream>
+#include <map>
+#include <string>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include <CLI/CLI.hpp>
+
+#include <opnorm/data/data.hpp>
+#include <opnorm/io/checkpoint.hpp>
+#include <opnorm/methods/standard.hpp>
+#include <opnorm/networks.hpp>
+#include <opnorm/train/train.hpp>
+
+namespace fs = std::filesystem;
+using namespace opnorm;
+
+namespace {
+
+struct config {
+  std::string dataset = "fashion-mnist";
+  std::string data_dir;
+  std::string method = "standard";
+  std::string optimizer = "sgd";
+  std::string schedule = "cosine";
+  index_t epochs = 10;
+  index_t batch_size = 128;
+  double lr = 0.05;
+  double momentum = 0.9;
+  bool nesterov = false;
+  double weight_decay = 5e-4;
+  index_t warmup_epochs = 0;
+  index_t step_epochs = 0;  // 0: a third of the epochs
+  double gamma = 0.1;
+  std::uint64_t seed = 0;
+  index_t limit_train = 0;  // 0: the whole training set
+  bool augment = false;
+  int threads = 0;          // 0: OpenMP's default
+  std::string out = "out";
+  std::string resume;
+  index_t progress_every = 50;
+};
+
+const char* const default_fashion_mnist_dir = "/usr/share/datasets/fashion-mnist";
+
+/// The shortest decimal that reads back as exactly v ("0.05", not
+/// "0.050000000000000003"), so stored settings compare exactly and read well.
+std::string number(double v) {
+  char text[64];
+  for (int digits = 6; digits <= 17; ++digits) {
+    std::snprintf(text, sizeof text, "%.*g", digits, v);
+    if (std::strtod(text, nullptr) == v) break;
+  }
+  return text;
+}
+
+/// The settings that decide a run's trajectory. They are stored in every
+/// checkpoint as "config.<flag>" and compared or restored on --resume.
+struct setting {
+  std::string flag;
+  std::function<std::string()> get;
+  std::function<void(const std::string&)> set;
+};
+
+std::vector<setting> trajectory_settings(config& c) {
+  auto text = [](std::string& field) {
+    return setting{"", [&field] { return field; }, [&field](const std::string& v) { field = v; }};
+  };
+  auto integer = [](index_t& field) {
+    return setting{"", [&field] { return std::to_string(field); },
+                   [&field](const std::string& v) { field = std::stoll(v); }};
+  };
+  auto real = [](double& field) {
+    return setting{"", [&field] { return number(field); }, [&field](const std::string& v) { field = std::stod(v); }};
+  };
+  auto flag = [](bool& field) {
+    return setting{"", [&field] { return std::string(field ? "true" : "false"); },
+                   [&field](const std::string& v) { field = v == "true"; }};
+  };
+  std::vector<std::pair<std::string, setting>> named = {
+      {"--dataset", text(c.dataset)},         {"--method", text(c.method)},
+      {"--optimizer", text(c.optimizer)},     {"--schedule", text(c.schedule)},
+      {"--epochs", integer(c.epochs)},        {"--batch-size", integer(c.batch_size)},
+      {"--lr", real(c.lr)},                   {"--momentum", real(c.momentum)},
+      {"--nesterov", flag(c.nesterov)},       {"--weight-decay", real(c.weight_decay)},
+      {"--warmup-epochs", integer(c.warmup_epochs)}, {"--step-epochs", integer(c.step_epochs)},
+      {"--gamma", real(c.gamma)},             {"--limit-train", integer(c.limit_train)},
+      {"--augment", flag(c.augment)},
+      {"--seed", setting{"", [&c] { return std::to_string(c.seed); },
+                         [&c](const std::string& v) { c.seed = std::stoull(v); }}},
+  };
+  std::vector<setting> out;
+  for (auto& [name, s] : named) {
+    s.flag = name;
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+safetensors::metadata_map config_metadata(config& c) {
+  safetensors::metadata_map m;
+  for (const auto& s : trajectory_settings(c)) m["config." + s.flag] = s.get();
+#ifdef _OPENMP
+  m["threads"] = std::to_string(omp_get_max_threads());
+#endif
+  return m;
+}
+
+/// Options not given on the command line are taken from the checkpoint;
+/// options given must agree with it, or the resumed run would not be the
+/// run that wrote it.
+void merge_resumed_config(config& c, const CLI::App& app, const safetensors::metadata_map& stored,
+                          const fs::path& path) {
+  std::string conflicts;
+  for (const auto& s : trajectory_settings(c)) {
+    const auto found = stored.find("config." + s.flag);
+    if (found == stored.end())
+      throw std::runtime_error("--resume: '" + path.string() + "' has no '" + s.flag +
+                               "' setting; it was not written by this program");
+    if (app.count(s.flag) == 0)
+      s.set(found->second);
+    else if (s.get() != found->second)
+      conflicts += "\n  " + s.flag + " " + s.get() + " here, " + found->second + " in the checkpoint";
+  }
+  if (!conflicts.empty())
+    throw std::runtime_error("--resume: the options given differ from the run that wrote '" + path.string() +
+                             "':" + conflicts + "\nleave them out (they are taken from the checkpoint) or "
+                             "start a new run");
+#ifdef _OPENMP
+  const auto threads = stored.find("threads");
+  if (threads != stored.end() && threads->second != std::to_string(omp_get_max_threads()))
+    std::cerr << "note: the checkpoint was written with " << threads->second << " threads and this run uses "
+              << omp_get_max_threads() << "; the continued run is equivalent but not bit-identical\n";
+#endif
+}
+
+std::function<double(index_t, index_t, index_t)> make_schedule(const config& c) {
+  if (c.schedule == "cosine") return cosine_schedule(c.lr, c.epochs, c.warmup_epochs);
+  if (c.schedule == "step")
+    return step_decay_schedule(c.lr, c.step_epochs > 0 ? c.step_epochs : std::max<index_t>(1, c.epochs / 3), c.gamma);
+  return constant_schedule(c.lr);
+}
+
+/// Calls f with the training method named `name`. New methods are added
+/// here and to method_names.
+const std::vector<std::string> method_names = {"standard"};
+template <class F>
+void with_method(const std::string& name, F&& f) {
+  if (name == "standard") {
+    standard method;
+    f(method);
+    return;
+  }
+  std::string known;
+  for (const auto& m : method_names) known += (known.empty() ? "" : ", ") + m;
+  throw std::runtime_error("unknown training method '" + name + "' (known: " + known + ")");
+}
+
+template <class Model>
+void train_model(Model& model, const char* model_name, config c, const dataset<float>& train_full,
+                 const dataset<float>& test) {
+  const dataset<float> train =
+      c.limit_train > 0 && c.limit_train < train_full.size() ? subset(train_full, 0, c.limit_train) : train_full;
+  with_method(c.method, [&](auto& method) {
+    auto run = [&](auto& optimizer) {
+      fit_options options;
+      options.epochs = c.epochs;
+      options.batch_size = c.batch_size;
+      options.seed = c.seed;
+      if (c.augment) options.augmentation = pad_crop_flip(c.dataset == "cifar10" ? 4 : 2);
+
+      if (!c.resume.empty()) {
+        const training_checkpoint restored = load_training_checkpoint(c.resume, model, method, optimizer);
+        options.start_epoch = restored.epochs_completed;
+        std::cerr << "resumed from " << c.resume << " after epoch " << restored.epochs_completed << '\n';
+      }
+      const fs::path out = c.out;
+      fs::create_directories(out);
+      const safetensors::metadata_map metadata = config_metadata(c);
+      std::cerr << model_name << " on " << train.name << " (" << train.size() << " examples) and " << test.name
+                << " (" << test.size() << "), " << method.name << " training, " << optimizer.name << ", "
+                << c.schedule << " schedule, lr " << c.lr;
+#ifdef _OPENMP
+      std::cerr << ", " << omp_get_max_threads() << " threads";
+#endif
+      std::cerr << ", output in " << out.string() << '\n';
+
+      const auto start = std::chrono::steady_clock::now();
+      const fit_result result =
+          fit(model, method, optimizer, make_schedule(c), train, test, options, progress(std::cerr, c.progress_every),
+              csv_log(out / "log.csv"), checkpoint_each_epoch(out / "last.safetensors", metadata));
+      const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+      const evaluation final_test = evaluate(model, test);
+      safetensors::metadata_map final_metadata = metadata;
+      final_metadata["epochs_completed"] = std::to_string(options.start_epoch + index_t(result.history.size()));
+      final_metadata["method"] = method.name;
+      final_metadata["test_accuracy"] = number(final_test.accuracy);
+      final_metadata["test_loss"] = number(final_test.loss);
+      save_checkpoint(model, out / "final.safetensors", final_metadata);
+      char line[160];
+      std::snprintf(line, sizeof line, "test accuracy: %.2f%% (%lld of %lld), test loss %.4f, %.0f s of training\n",
+                    100 * final_test.accuracy, static_cast<long long>(final_test.correct),
+                    static_cast<long long>(final_test.examples), final_test.loss, seconds);
+      std::cout << line;
+    };
+    if (c.optimizer == "sgd") {
+      sgd optimizer(model, sgd_options{c.lr, c.momentum, c.weight_decay, c.nesterov});
+      run(optimizer);
+    } else {
+      adam optimizer(model, adam_options{c.lr, 0.9, 0.999, 1e-8, c.weight_decay});
+      run(optimizer);
+    }
+  });
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "Trains fmnist_cnn on Fashion-MNIST or cnn7 on CIFAR-10 and prints the test accuracy.\n"
+      "Writes log.csv, last.safetensors (resumable, after every epoch) and final.safetensors (the model) "
+      "to the output folder.",
+      "train"};
+  app.footer("Exit status: 0 on success, 1 on any error (the message says what went wrong).");
+  config c;
+  app.add_option("--dataset", c.dataset, "fashion-mnist (network fmnist_cnn) or cifar10 (network cnn7)")
+      ->check(CLI::IsMember({"fashion-mnist", "cifar10"}))
+      ->capture_default_str();
+  app.add_option("--data-dir", c.data_dir,
+                 std::string("folder of the data set files (default for fashion-mnist: ") +
+                     default_fashion_mnist_dir + "; cifar10 needs it: the cifar-10-batches-bin folder or its parent)");
+  app.add_option("--method", c.method, "training method: standard")->capture_default_str();
+  app.add_option("--optimizer", c.optimizer, "sgd or adam")->check(CLI::IsMember({"sgd", "adam"}))->capture_default_str();
+  app.add_option("--schedule", c.schedule, "learning-rate schedule: cosine, step or constant")
+      ->check(CLI::IsMember({"cosine", "step", "constant"}))
+      ->capture_default_str();
+  app.add_option("--epochs", c.epochs, "epochs in total")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--batch-size", c.batch_size, "examples per step")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--lr", c.lr, "peak learning rate")->check(CLI::NonNegativeNumber)->capture_default_str();
+  app.add_option("--momentum", c.momentum, "SGD momentum, in [0, 1)")->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  app.add_flag("--nesterov", c.nesterov, "Nesterov momentum (SGD)");
+  app.add_option("--weight-decay", c.weight_decay, "coupled weight decay (added to the gradient, as in PyTorch)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--warmup-epochs", c.warmup_epochs, "cosine schedule: epochs of linear warmup")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--step-epochs", c.step_epochs, "step schedule: multiply by --gamma every this many epochs (0: epochs/3)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--gamma", c.gamma, "step schedule: the factor")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--seed", c.seed, "seeds the initialization, the data order and the augmentation")
+      ->capture_default_str();
+  app.add_option("--limit-train", c.limit_train, "train on the first N examples only (0: all)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_flag("--augment", c.augment, "random crops (padding 4 on CIFAR-10, 2 on Fashion-MNIST) and flips");
+  app.add_option("--threads", c.threads, "OpenMP threads (default: OMP_NUM_THREADS or all cores)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--out", c.out, "output folder")->capture_default_str();
+  app.add_option("--resume", c.resume, "continue the run saved in this checkpoint (a last.safetensors)");
+  app.add_option("--progress-every", c.progress_every, "print a status line every N steps")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    const int code = app.exit(e);  // prints --help, or the error and a hint
+    return code == 0 ? 0 : 1;
+  }
+
+  try {
+#ifdef _OPENMP
+    if (c.threads > 0) omp_set_num_threads(c.threads);
+#endif
+    if (!c.resume.empty()) merge_resumed_config(c, app, read_checkpoint_metadata(c.resume), c.resume);
+    if (c.schedule == "cosine" && c.warmup_epochs >= c.epochs)
+      throw std::runtime_error("--warmup-epochs must be smaller than --epochs");
+    if (c.optimizer == "adam" && app.count("--momentum") > 0)
+      throw std::runtime_error("--momentum applies to sgd; adam uses its betas (0.9, 0.999)");
+    if (c.optimizer == "adam" && c.nesterov) throw std::runtime_error("--nesterov applies to sgd only");
+    if (c.nesterov && c.momentum == 0) throw std::runtime_error("--nesterov needs --momentum > 0");
+    with_method(c.method, [](auto&) {});  // an unknown name fails before the data is loaded
+
+    std::string dir = c.data_dir;
+    if (dir.empty()) {
+      if (c.dataset == "cifar10")
+        throw std::runtime_error("--dataset cifar10 needs --data-dir (the cifar-10-batches-bin folder or its parent)");
+      dir = default_fashion_mnist_dir;
+    }
+    if (c.dataset == "fashion-mnist") {
+      const auto train = load_fashion_mnist<float>(dir, split::train);
+      const auto test = load_fashion_mnist<float>(dir, split::test);
+      auto model = make_fmnist_cnn<float>(c.seed);
+      train_model(model, "fmnist_cnn", c, train, test);
+      return 0;
+    }
+    const auto train = load_cifar10<float>(dir, split::train);
+    const auto test = load_cifar10<float>(dir, split::test);
+    auto model = make_cnn7<float>(c.seed);
+    train_model(model, "cnn7", c, train, test);
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "train: error: " << e.what() << '\n';
+    return 1;
+  }
+}

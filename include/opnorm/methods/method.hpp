@@ -1,0 +1,103 @@
+#pragma once
+// What a training method is.
+//
+// A training method decides what gradient one batch contributes: plain
+// cross-entropy (standard), cross-entropy at adversarial inputs
+// (adversarial), cross-entropy plus a spectral-norm penalty (global and
+// data-dependent SNR). The trainer owns everything else (data order,
+// optimizer, schedule, evaluation, callbacks), so a method is one call:
+//
+//   struct Method {
+//     static constexpr const char* name = "...";   // written into logs and checkpoints
+//
+//     template <class Model>
+//     batch_result accumulate_gradients(Model& model, typename Model::tape& tape,
+//                                       const typename Model::tensor_type& x,
+//                                       const label_tensor<typename Model::backend_type>& y);
+//   };
+//
+// Contract:
+//  * On entry every parameter gradient of the model is zero (the trainer calls
+//    model.zero_grad()). On return the gradients hold the full gradient of the
+//    method's objective for this batch, averaged over the batch. Terms that act
+//    on the weights directly (global SNR's lambda * sigma * u v^T) are added
+//    here too: the optimizer steps right after this call, so this is the place
+//    to modify gradients before the update, and no separate hook is needed.
+//  * x is the batch in pixel space ([0, 1]), (n, channels, height, width) or
+//    (n, features); y holds n class labels. The method must not modify them.
+//  * tape is scratch space the trainer reuses across batches to avoid
+//    allocations; a method may run as many forward passes through it as it
+//    likes, and may keep further tapes of its own.
+//  * The method may update BatchNorm running statistics (a mode::train
+//    forward does) but must not change parameters: only the optimizer does.
+//  * The returned loss is the method's objective (mean over the batch), and
+//    correct counts the examples the model classified correctly in the
+//    forward pass that loss came from (for adversarial training, at the
+//    adversarial inputs). A non-finite loss or gradient stops training.
+//  * A method with state that must survive a resume (persistent power
+//    iteration vectors) exposes it as `state_list<T, Backend> state()`;
+//    training checkpoints save and restore it as "method.<name>" entries
+//    (train/training_checkpoint.hpp).
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../losses.hpp"
+
+namespace opnorm {
+
+/// What one call of accumulate_gradients reports back.
+struct batch_result {
+  double loss = 0;        // the method's objective, mean over the batch
+  index_t correct = 0;    // examples classified correctly
+  index_t examples = 0;   // examples in the batch
+};
+
+/// The number of rows of logits (n, classes) whose largest entry is at the
+/// label. Ties go to the first maximal class, as torch.argmax does; a row
+/// holding a NaN counts as wrong. Works on a host copy: n * classes values.
+template <class T, class B>
+index_t count_correct(const tensor<T, B>& logits, const label_tensor<B>& labels) {
+  const index_t n = logits.dim(0), k = logits.example_size();
+  if (labels.size() != n)
+    throw std::invalid_argument("opnorm::count_correct: " + std::to_string(labels.size()) +
+                                " labels for " + std::to_string(n) + " examples");
+  const std::vector<T> z = logits.to_vector();
+  const std::vector<std::int32_t> y = labels.to_vector();
+  index_t correct = 0;
+  for (index_t i = 0; i < n; ++i) {
+    const T* row = z.data() + i * k;
+    index_t best = 0;
+    bool has_nan = row[0] != row[0];
+    for (index_t j = 1; j < k; ++j) {
+      if (row[j] > row[best]) best = j;
+      has_nan = has_nan || row[j] != row[j];
+    }
+    if (best == y[static_cast<std::size_t>(i)] && !has_nan) ++correct;
+  }
+  return correct;
+}
+
+namespace detail {
+template <class Method, class Model, class = void>
+struct is_training_method : std::false_type {};
+template <class Method, class Model>
+struct is_training_method<
+    Method, Model,
+    std::enable_if_t<std::is_same_v<
+        decltype(std::declval<Method&>().accumulate_gradients(
+            std::declval<Model&>(), std::declval<typename Model::tape&>(),
+            std::declval<const typename Model::tensor_type&>(),
+            std::declval<const label_tensor<typename Model::backend_type>&>())),
+        batch_result>&& std::is_convertible_v<decltype(Method::name), const char*>>>
+    : std::true_type {};
+}  // namespace detail
+
+/// True when Method satisfies the contract above for Model.
+template <class Method, class Model>
+inline constexpr bool is_training_method_v = detail::is_training_method<Method, Model>::value;
+
+}  // namespace opnorm

@@ -1,0 +1,284 @@
+#pragma once
+// Optimizers: SGD (momentum, Nesterov, coupled weight decay) and Adam, with
+// exactly the update rules of torch.optim.SGD and torch.optim.Adam, so a
+// learning rate tuned in PyTorch means the same thing here.
+//
+// An optimizer is bound to a model's parameter list when it is constructed:
+// that allocates its per-parameter buffers (momentum, Adam's moments) with
+// the parameters' shapes and names, so the buffers exist, and can be
+// restored from a checkpoint, before the first step. step() then walks the
+// model's state().parameters in the same order, checks the names still
+// match, and updates value from grad with one for_each_index kernel per
+// tensor (raw pointers and scalars captured by value), so the same code runs
+// on any backend.
+//
+// Every optimizer provides
+//
+//   explicit Optimizer(Model& model, Options options);
+//   void step(Model& model);                  // one update from the gradients
+//   double learning_rate() const;
+//   void set_learning_rate(double lr);        // the trainer sets it every step
+//   std::int64_t steps() const;               // updates taken so far
+//   state_list<T, Backend> state();           // buffers + the step counter,
+//                                             // for checkpoints (names below)
+//
+// State names: "<parameter>.momentum_buffer" (SGD), "<parameter>.exp_avg" and
+// "<parameter>.exp_avg_sq" (Adam), as in PyTorch's optimizer state_dict, and
+// the counter "step".
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "../layers/layer.hpp"
+
+namespace opnorm {
+
+namespace detail {
+
+// Enables the Model& overloads only for types with a state() member, so a
+// state_list argument picks the state_list overloads.
+template <class Model>
+using if_model = decltype(std::declval<Model&>().state());
+
+// The parameter names and shapes an optimizer was built for; step() checks
+// the model it is given against them, because updating a different model's
+// parameters with these buffers would be silently wrong.
+template <class T, class B>
+class bound_parameters {
+ public:
+  explicit bound_parameters(const state_list<T, B>& s) {
+    for (const auto& p : s.parameters) {
+      if (!p.grad)
+        throw std::invalid_argument("opnorm optimizer: parameter '" + p.name + "' has no gradient tensor");
+      names_.push_back(p.name);
+      shapes_.push_back(p.value->shape());
+    }
+  }
+
+  void check(const state_list<T, B>& s, const char* optimizer) const {
+    if (s.parameters.size() != names_.size())
+      throw std::invalid_argument(std::string("opnorm::") + optimizer + ": built for " +
+                                  std::to_string(names_.size()) + " parameters, the model has " +
+                                  std::to_string(s.parameters.size()));
+    for (std::size_t i = 0; i < names_.size(); ++i) {
+      const auto& p = s.parameters[i];
+      if (p.name != names_[i] || p.value->shape() != shapes_[i] || p.grad->shape() != shapes_[i])
+        throw std::invalid_argument(std::string("opnorm::") + optimizer + ": parameter " +
+                                    std::to_string(i) + " is '" + p.name + "' " +
+                                    shape_string(p.value->shape()) + ", the optimizer was built for '" +
+                                    names_[i] + "' " + shape_string(shapes_[i]));
+    }
+  }
+
+  std::size_t size() const { return names_.size(); }
+  const std::string& name(std::size_t i) const { return names_[i]; }
+  const shape_t& shape(std::size_t i) const { return shapes_[i]; }
+
+ private:
+  std::vector<std::string> names_;
+  std::vector<shape_t> shapes_;
+};
+
+inline void require_option(bool ok, const char* optimizer, const std::string& what) {
+  if (!ok) throw std::invalid_argument(std::string("opnorm::") + optimizer + ": " + what);
+}
+
+}  // namespace detail
+
+// ---------------------------------------------------------------------------
+
+struct sgd_options {
+  double learning_rate = 0.01;  // the trainer overwrites it from the schedule
+  double momentum = 0.0;
+  double weight_decay = 0.0;    // coupled: added to the gradient, as in PyTorch
+  bool nesterov = false;
+};
+
+/// torch.optim.SGD with dampening 0:
+///   g = grad + weight_decay * w
+///   buf = g on the first step, buf = momentum * buf + g afterwards
+///   d = nesterov ? g + momentum * buf : buf          (d = g without momentum)
+///   w -= learning_rate * d
+template <class T, class Backend = backend::cpu>
+class sgd {
+ public:
+  using scalar = T;
+  using backend_type = Backend;
+  using options_type = sgd_options;
+
+  template <class Model, class = detail::if_model<Model>>
+  sgd(Model& model, sgd_options options) : sgd(model.state(), options) {}
+
+  sgd(const state_list<T, Backend>& parameters, sgd_options options)
+      : options_(options), bound_(parameters) {
+    detail::require_option(options.learning_rate >= 0, "sgd", "learning rate must be >= 0");
+    detail::require_option(options.momentum >= 0 && options.momentum < 1, "sgd",
+                           "momentum must lie in [0, 1)");
+    detail::require_option(options.weight_decay >= 0, "sgd", "weight decay must be >= 0");
+    detail::require_option(!options.nesterov || options.momentum > 0, "sgd",
+                           "Nesterov momentum needs momentum > 0");
+    if (options.momentum > 0)
+      for (std::size_t i = 0; i < bound_.size(); ++i)
+        momentum_.emplace_back(bound_.shape(i), T(0));
+  }
+
+  static constexpr const char* name = "sgd";
+  const sgd_options& options() const { return options_; }
+  double learning_rate() const { return options_.learning_rate; }
+  void set_learning_rate(double lr) { options_.learning_rate = lr; }
+  std::int64_t steps() const { return steps_; }
+
+  template <class Model, class = detail::if_model<Model>>
+  void step(Model& model) {
+    step(model.state());
+  }
+
+  void step(const state_list<T, Backend>& s) {
+    bound_.check(s, "sgd");
+    const T lr = static_cast<T>(options_.learning_rate);
+    const T wd = static_cast<T>(options_.weight_decay);
+    const T mu = static_cast<T>(options_.momentum);
+    const bool use_momentum = options_.momentum > 0;
+    const bool nesterov = options_.nesterov;
+    // PyTorch starts the momentum buffer at the first gradient, not at zero
+    // (which would shrink the first steps by (1 - momentum)).
+    const bool first = steps_ == 0;
+    for (std::size_t t = 0; t < bound_.size(); ++t) {
+      T* w = s.parameters[t].value->data();
+      const T* grad = s.parameters[t].grad->data();
+      T* buf = use_momentum ? momentum_[t].data() : nullptr;
+      backend::for_each_index(Backend{}, s.parameters[t].value->size(), [=] OPNORM_HD(index_t i) {
+        const T g = grad[i] + wd * w[i];
+        T d = g;
+        if (buf) {
+          const T b = first ? g : mu * buf[i] + g;
+          buf[i] = b;
+          d = nesterov ? g + mu * b : b;
+        }
+        w[i] -= lr * d;
+      });
+    }
+    ++steps_;
+  }
+
+  state_list<T, Backend> state() {
+    state_list<T, Backend> s;
+    for (std::size_t i = 0; i < momentum_.size(); ++i)
+      s.buffers.push_back({bound_.name(i) + ".momentum_buffer", &momentum_[i], nullptr});
+    s.counters.push_back({"step", &steps_});
+    return s;
+  }
+
+ private:
+  sgd_options options_;
+  detail::bound_parameters<T, Backend> bound_;
+  std::vector<tensor<T, Backend>> momentum_;
+  std::int64_t steps_ = 0;
+};
+
+template <class Model>
+sgd(Model&, sgd_options) -> sgd<typename Model::scalar, typename Model::backend_type>;
+
+// ---------------------------------------------------------------------------
+
+struct adam_options {
+  double learning_rate = 1e-3;  // the trainer overwrites it from the schedule
+  double beta1 = 0.9;
+  double beta2 = 0.999;
+  double epsilon = 1e-8;
+  double weight_decay = 0.0;    // coupled (torch.optim.Adam, not AdamW)
+};
+
+/// torch.optim.Adam (amsgrad off). With t the step number starting at 1:
+///   g = grad + weight_decay * w
+///   m = beta1 m + (1 - beta1) g,   v = beta2 v + (1 - beta2) g^2
+///   w -= (lr / (1 - beta1^t)) * m / (sqrt(v) / sqrt(1 - beta2^t) + epsilon)
+/// epsilon is added outside the square root and after the bias correction
+/// of v, which is what PyTorch does and what its tuned epsilons assume.
+template <class T, class Backend = backend::cpu>
+class adam {
+ public:
+  using scalar = T;
+  using backend_type = Backend;
+  using options_type = adam_options;
+
+  template <class Model, class = detail::if_model<Model>>
+  adam(Model& model, adam_options options) : adam(model.state(), options) {}
+
+  adam(const state_list<T, Backend>& parameters, adam_options options)
+      : options_(options), bound_(parameters) {
+    detail::require_option(options.learning_rate >= 0, "adam", "learning rate must be >= 0");
+    detail::require_option(options.beta1 >= 0 && options.beta1 < 1, "adam", "beta1 must lie in [0, 1)");
+    detail::require_option(options.beta2 >= 0 && options.beta2 < 1, "adam", "beta2 must lie in [0, 1)");
+    detail::require_option(options.epsilon > 0, "adam", "epsilon must be > 0");
+    detail::require_option(options.weight_decay >= 0, "adam", "weight decay must be >= 0");
+    for (std::size_t i = 0; i < bound_.size(); ++i) {
+      exp_avg_.emplace_back(bound_.shape(i), T(0));
+      exp_avg_sq_.emplace_back(bound_.shape(i), T(0));
+    }
+  }
+
+  static constexpr const char* name = "adam";
+  const adam_options& options() const { return options_; }
+  double learning_rate() const { return options_.learning_rate; }
+  void set_learning_rate(double lr) { options_.learning_rate = lr; }
+  std::int64_t steps() const { return steps_; }
+
+  template <class Model, class = detail::if_model<Model>>
+  void step(Model& model) {
+    step(model.state());
+  }
+
+  void step(const state_list<T, Backend>& s) {
+    bound_.check(s, "adam");
+    const double t = static_cast<double>(steps_ + 1);
+    // Bias corrections in double on the host: beta^t for large t is where
+    // float would lose digits first.
+    const T step_size = static_cast<T>(options_.learning_rate / (1.0 - std::pow(options_.beta1, t)));
+    const T correction2_sqrt = static_cast<T>(std::sqrt(1.0 - std::pow(options_.beta2, t)));
+    const T b1 = static_cast<T>(options_.beta1), b2 = static_cast<T>(options_.beta2);
+    const T one_minus_b1 = static_cast<T>(1.0 - options_.beta1);
+    const T one_minus_b2 = static_cast<T>(1.0 - options_.beta2);
+    const T eps = static_cast<T>(options_.epsilon);
+    const T wd = static_cast<T>(options_.weight_decay);
+    for (std::size_t k = 0; k < bound_.size(); ++k) {
+      T* w = s.parameters[k].value->data();
+      const T* grad = s.parameters[k].grad->data();
+      T* m = exp_avg_[k].data();
+      T* v = exp_avg_sq_[k].data();
+      backend::for_each_index(Backend{}, s.parameters[k].value->size(), [=] OPNORM_HD(index_t i) {
+        const T g = grad[i] + wd * w[i];
+        const T mi = b1 * m[i] + one_minus_b1 * g;
+        const T vi = b2 * v[i] + one_minus_b2 * g * g;
+        m[i] = mi;
+        v[i] = vi;
+        w[i] -= step_size * mi / (std::sqrt(vi) / correction2_sqrt + eps);
+      });
+    }
+    ++steps_;
+  }
+
+  state_list<T, Backend> state() {
+    state_list<T, Backend> s;
+    for (std::size_t i = 0; i < bound_.size(); ++i) {
+      s.buffers.push_back({bound_.name(i) + ".exp_avg", &exp_avg_[i], nullptr});
+      s.buffers.push_back({bound_.name(i) + ".exp_avg_sq", &exp_avg_sq_[i], nullptr});
+    }
+    s.counters.push_back({"step", &steps_});
+    return s;
+  }
+
+ private:
+  adam_options options_;
+  detail::bound_parameters<T, Backend> bound_;
+  std::vector<tensor<T, Backend>> exp_avg_, exp_avg_sq_;
+  std::int64_t steps_ = 0;
+};
+
+template <class Model>
+adam(Model&, adam_options) -> adam<typename Model::scalar, typename Model::backend_type>;
+
+}  // namespace opnorm

@@ -1,0 +1,199 @@
+#pragma once
+// A training checkpoint: everything needed to continue a run exactly where
+// it stopped, in one safetensors file written atomically.
+//
+//   model tensors      under their PyTorch state_dict names, so the file also
+//                      loads into torch.nn.Sequential.load_state_dict after
+//                      dropping the prefixed entries below
+//   "optimizer.<name>" the optimizer's state(): momentum buffers or Adam's
+//                      moments, and "optimizer.step" (I64 scalar)
+//   "method.<name>"    the training method's state(), for methods that keep
+//                      one (persistent power-iteration vectors)
+//   metadata           "epochs_completed", "seed", "method", "optimizer",
+//                      plus whatever the caller adds (hyperparameters)
+//
+// Resuming restores all of it; the trainer derives each epoch's data order
+// and augmentation from (seed, epoch), so the resumed run takes the same
+// steps, bit for bit, as one that never stopped.
+#include <cstdint>
+#include <filesystem>
+#include <set>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../io/checkpoint.hpp"
+
+namespace opnorm {
+
+namespace detail {
+
+template <class T, class = void>
+struct has_state : std::false_type {};
+template <class T>
+struct has_state<T, std::void_t<decltype(std::declval<T&>().state())>> : std::true_type {};
+
+// Adds every tensor and counter of s to entries, named prefix + name.
+template <class T, class B>
+void add_state_entries(const std::string& prefix, const state_list<T, B>& s, safetensors::tensor_map& entries) {
+  for (const auto& p : s.parameters) entries.emplace(prefix + p.name, safetensors::to_entry(*p.value));
+  for (const auto& b : s.buffers) entries.emplace(prefix + b.name, safetensors::to_entry(*b.value));
+  for (const auto& c : s.counters) entries.emplace(prefix + c.name, safetensors::scalar_entry<std::int64_t>(*c.value));
+}
+
+// Checks that entries hold every tensor and counter of s under prefix, with
+// the right shapes and dtypes, and converts them into staging buffers;
+// commit() then writes them into s. Problems are collected, not thrown, so
+// one message can list all of them. Names consumed are added to used.
+template <class T, class B>
+class staged_state {
+ public:
+  staged_state(const std::string& prefix, const state_list<T, B>& s, const safetensors::tensor_map& entries,
+               std::vector<std::string>& problems, std::vector<std::string>& used) {
+    auto stage = [&](const named_tensor<T, B>& t) {
+      const std::string name = prefix + t.name;
+      used.push_back(name);
+      const auto found = entries.find(name);
+      if (found == entries.end()) {
+        problems.push_back("missing tensor '" + name + "' of shape " + shape_string(t.value->shape()));
+        return;
+      }
+      const safetensors::entry& e = found->second;
+      if (!safetensors::readable_as<T>(e.type) || e.shape != t.value->shape()) {
+        problems.push_back("tensor '" + name + "' is " + safetensors::dtype_name(e.type) + " of shape " +
+                           shape_string(e.shape) + ", expected F32 or F64 of shape " +
+                           shape_string(t.value->shape()));
+        return;
+      }
+      tensors_.push_back({t.value, safetensors::decode<T>(e, "tensor '" + name + "'")});
+    };
+    for (const auto& p : s.parameters) stage(p);
+    for (const auto& b : s.buffers) stage(b);
+    for (const auto& c : s.counters) {
+      const std::string name = prefix + c.name;
+      used.push_back(name);
+      const auto found = entries.find(name);
+      if (found == entries.end() || found->second.type != safetensors::dtype::I64 || !found->second.shape.empty()) {
+        problems.push_back("missing counter '" + name + "' (an I64 scalar of shape ())");
+        continue;
+      }
+      counters_.emplace_back(c.value, safetensors::decode<std::int64_t>(found->second, name)[0]);
+    }
+  }
+
+  void commit() {
+    for (auto& t : tensors_) backend::copy_from_host(B{}, t.values.data(), t.target->size(), t.target->data());
+    for (const auto& [target, value] : counters_) *target = value;
+  }
+
+ private:
+  struct staged_tensor {
+    tensor<T, B>* target;
+    std::vector<T> values;
+  };
+  std::vector<staged_tensor> tensors_;
+  std::vector<std::pair<std::int64_t*, std::int64_t>> counters_;
+};
+
+inline std::int64_t parse_metadata_integer(const safetensors::metadata_map& m, const std::string& key,
+                                           const std::filesystem::path& path) {
+  const auto found = m.find(key);
+  if (found == m.end())
+    throw checkpoint_error("opnorm::load_training_checkpoint: '" + path.string() + "' has no '" + key +
+                           "' in its metadata; it is not a training checkpoint");
+  try {
+    std::size_t used = 0;
+    const long long v = std::stoll(found->second, &used);
+    if (used == found->second.size() && v >= 0) return v;
+  } catch (const std::exception&) {
+  }
+  throw checkpoint_error("opnorm::load_training_checkpoint: '" + path.string() + "': metadata '" + key +
+                         "' is '" + found->second + "', not a non-negative integer");
+}
+
+}  // namespace detail
+
+/// What load_training_checkpoint found besides the tensors.
+struct training_checkpoint {
+  index_t epochs_completed = 0;
+  std::uint64_t seed = 0;
+  safetensors::metadata_map metadata;  // everything, including the keys above
+};
+
+/// Writes model, optimizer state and method state to path atomically (an
+/// existing file is replaced only by a complete new one).
+template <class Model, class Method, class Optimizer>
+void save_training_checkpoint(const std::filesystem::path& path, Model& model, Method& method,
+                              Optimizer& optimizer, index_t epochs_completed, std::uint64_t seed,
+                              safetensors::metadata_map metadata = {}) {
+  safetensors::tensor_map extra;
+  detail::add_state_entries("optimizer.", optimizer.state(), extra);
+  if constexpr (detail::has_state<Method>::value) detail::add_state_entries("method.", method.state(), extra);
+  metadata["epochs_completed"] = std::to_string(epochs_completed);
+  metadata["seed"] = std::to_string(seed);
+  metadata["method"] = Method::name;
+  metadata["optimizer"] = Optimizer::name;
+  save_checkpoint(model, path, metadata, extra);
+}
+
+/// Restores model, optimizer and method state from a file written by
+/// save_training_checkpoint. The method and optimizer must be of the kinds
+/// that wrote it. Throws checkpoint_error listing every problem; on failure
+/// nothing is changed (the file is validated completely, then applied).
+template <class Model, class Method, class Optimizer>
+training_checkpoint load_training_checkpoint(const std::filesystem::path& path, Model& model, Method& method,
+                                             Optimizer& optimizer) {
+  const std::string where = "opnorm::load_training_checkpoint: '" + path.string() + "'";
+  training_checkpoint result;
+  result.metadata = read_checkpoint_metadata(path);
+  for (const auto& [key, expected] :
+       {std::pair<std::string, std::string>{"method", Method::name}, {"optimizer", Optimizer::name}}) {
+    const auto found = result.metadata.find(key);
+    if (found == result.metadata.end() || found->second != expected)
+      throw checkpoint_error(where + " was written by a run with " + key + " '" +
+                             (found == result.metadata.end() ? std::string("(none)") : found->second) +
+                             "'; this run uses '" + expected + "'");
+  }
+  result.epochs_completed = detail::parse_metadata_integer(result.metadata, "epochs_completed", path);
+  result.seed = static_cast<std::uint64_t>(detail::parse_metadata_integer(result.metadata, "seed", path));
+
+  // Stage optimizer and method state from a first read, so that a mismatch
+  // there is reported before load_checkpoint changes the model; the file is
+  // read twice, which costs little next to the run being resumed.
+  const safetensors::contents file = safetensors::read(path);
+  std::vector<std::string> problems, used;
+  auto optimizer_state = optimizer.state();
+  detail::staged_state optimizer_staged("optimizer.", optimizer_state, file.tensors, problems, used);
+  auto method_state = [&] {
+    if constexpr (detail::has_state<Method>::value) return method.state();
+    else return state_list<typename Model::scalar, typename Model::backend_type>{};
+  }();
+  detail::staged_state method_staged("method.", method_state, file.tensors, problems, used);
+  {
+    const auto model_state = model.state();
+    for (const auto& p : model_state.parameters) used.push_back(p.name);
+    for (const auto& b : model_state.buffers) used.push_back(b.name);
+    for (const auto& c : model_state.counters) used.push_back(c.name);
+  }
+  const std::set<std::string> known(used.begin(), used.end());
+  for (const auto& [name, e] : file.tensors)
+    if (!known.count(name))
+      problems.push_back("unexpected tensor '" + name + "' (neither the model nor this run's optimizer and "
+                         "method have such a tensor)");
+  if (!problems.empty()) {
+    std::string message = where + " does not match this run; nothing was changed: ";
+    for (std::size_t i = 0; i < problems.size(); ++i) message += (i ? "; " : "") + problems[i];
+    throw checkpoint_error(message);
+  }
+
+  // Validates the model's own tensors and throws before changing anything;
+  // the prefixed entries come back in extra and are applied from the staging.
+  safetensors::tensor_map extra;
+  load_checkpoint(model, path, &extra);
+  optimizer_staged.commit();
+  method_staged.commit();
+  return result;
+}
+
+}  // namespace opnorm

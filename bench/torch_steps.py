@@ -1,0 +1,282 @@
+#!/usr/bin/python3
+"""PyTorch counterparts of bench/bench_steps.cpp: the same steps on the same
+network (fmnist_cnn, float, batch 128), written the way a PyTorch user
+writes them.
+
+  standard   train-mode forward, cross-entropy, backward, SGD-momentum update
+  pga10      10 l2-PGA iterations (eps 1.75, alpha = 2 eps / 10) in eval mode
+             with torch.autograd.grad w.r.t. the input, per-example l2
+             normalize and project, clamp to [0, 1]; then a training step on x_adv
+  ddsnr10    10 power iterations: forward at x + eps v with gradients w.r.t.
+             the input only, u = f(x + eps v) - f(x), v = normalize(grad <u, f>);
+             then the step on CE + lambda/2 ||f(x + eps v) - f(x)||^2
+  gsnr1      standard step + one power iteration per weight matrix (conv
+             kernels reshaped to (out, in*kh*kw)), grad += lambda sigma u v^T
+  infer1000  eval-mode forward of 1000 images under torch.no_grad()
+  jac_svd    torch.autograd.functional.jacobian (10 x 784, one image) +
+             torch.linalg.svd (thin: the full spectrum, U 10x10, V^T 10x784)
+
+Timing mirrors Google Benchmark's: warm up for --warmup-time seconds, pick
+an iteration count whose block lasts at least --min-time seconds, run
+--repetitions blocks and report the median of the block means, in wall-clock
+time and in CPU time of the whole process (all threads), as bench_steps does.
+
+Run with /usr/bin/python3 (the interpreter that has torch). Usually started by
+bench/compare.py; alone:
+
+  OMP_NUM_THREADS=2 /usr/bin/python3 bench/torch_steps.py --steps standard pga10
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+BATCH = 128
+EPS = 1.75  # pixel units ([0, 1] inputs)
+DDSNR_LAMBDA = 0.03
+GSNR_LAMBDA = 3e-4
+FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
+STEPS = ["standard", "pga10", "ddsnr10", "gsnr1", "infer1000", "jac_svd"]
+
+
+class Standardize(nn.Module):
+    """(x - mean) / std inside the model, so attacks work in pixel space."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor([mean]).view(1, 1, 1, 1))
+        self.register_buffer("std", torch.tensor([std]).view(1, 1, 1, 1))
+
+    def forward(self, x):
+        return (x - self.mean) / self.std
+
+
+def fmnist_cnn():
+    """The same nn.Sequential layout as opnorm::fmnist_cnn (module indices match)."""
+    return nn.Sequential(
+        Standardize(FASHION_MNIST_MEAN, FASHION_MNIST_STD),
+        nn.Conv2d(1, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, padding=1), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 7 * 7, 256), nn.ReLU(), nn.Linear(256, 10))
+
+
+def per_example_norms(t):
+    """l2 norm of each example, shaped to broadcast against t."""
+    return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
+
+
+def normalize(t):
+    return t / per_example_norms(t)
+
+
+class Setup:
+    """Model, optimizer and one batch, reused by every step (steady state)."""
+
+    def __init__(self):
+        torch.manual_seed(0)
+        self.model = fmnist_cnn()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
+        self.x = torch.rand(BATCH, 1, 28, 28)
+        self.y = torch.randint(0, 10, (BATCH,))
+
+    def train_on(self, loss_of_model):
+        self.model.train()
+        self.optimizer.zero_grad()
+        loss = loss_of_model(self.model)
+        loss.backward()
+        return loss
+
+
+def make_standard():
+    s = Setup()
+
+    def step():
+        s.train_on(lambda m: F.cross_entropy(m(s.x), s.y))
+        s.optimizer.step()
+    return step
+
+
+def make_pga10():
+    s = Setup()
+    iterations = 10
+    alpha = 2 * EPS / iterations
+
+    def attack(x, y):
+        s.model.eval()
+        # Random start, uniform in the l2 ball: Gaussian direction, radius eps U^(1/d).
+        d = x[0].numel()
+        radius = EPS * torch.rand(x.shape[0]).pow(1.0 / d).view(-1, 1, 1, 1)
+        x_adv = (x + radius * normalize(torch.randn_like(x))).clamp(0, 1)
+        for _ in range(iterations):
+            x_adv.requires_grad_(True)
+            loss = F.cross_entropy(s.model(x_adv), y, reduction="sum")
+            grad, = torch.autograd.grad(loss, x_adv)
+            delta = x_adv.detach() + alpha * normalize(grad) - x
+            delta = delta * (EPS / per_example_norms(delta)).clamp(max=1.0)
+            x_adv = (x + delta).clamp(0, 1)
+        return x_adv.detach()
+
+    def step():
+        x_adv = attack(s.x, s.y)
+        s.train_on(lambda m: F.cross_entropy(m(x_adv), s.y))
+        s.optimizer.step()
+    return step
+
+
+def make_ddsnr10():
+    s = Setup()
+    iterations = 10
+
+    def top_direction(x):
+        s.model.eval()
+        with torch.no_grad():
+            fx = s.model(x)
+        v = normalize(torch.randn_like(x))
+        for _ in range(iterations):
+            probe = (x + EPS * v).requires_grad_(True)
+            f_probe = s.model(probe)
+            u = (f_probe - fx).detach()
+            grad, = torch.autograd.grad(f_probe, probe, grad_outputs=u)  # J^T u
+            v = normalize(grad)
+        return v
+
+    def loss_of(v):
+        def loss(m):
+            clean = m(s.x)
+            perturbed = m(s.x + EPS * v)
+            residual = perturbed - clean
+            return F.cross_entropy(clean, s.y) + DDSNR_LAMBDA / 2 * residual.pow(2).sum(dim=1).mean()
+        return loss
+
+    def step():
+        v = top_direction(s.x)
+        s.train_on(loss_of(v))
+        s.optimizer.step()
+    return step
+
+
+def make_gsnr1():
+    s = Setup()
+    weights = [p for name, p in s.model.named_parameters() if name.endswith("weight") and p.dim() >= 2]
+    left = [F.normalize(torch.randn(w.shape[0]), dim=0) for w in weights]
+
+    def step():
+        s.train_on(lambda m: F.cross_entropy(m(s.x), s.y))
+        with torch.no_grad():
+            for w, u in zip(weights, left):
+                matrix = w.view(w.shape[0], -1)
+                v = F.normalize(matrix.t() @ u, dim=0)
+                u.copy_(F.normalize(matrix @ v, dim=0))
+                sigma = torch.dot(u, matrix @ v)
+                w.grad.add_((GSNR_LAMBDA * sigma * torch.outer(u, v)).view_as(w))
+        s.optimizer.step()
+    return step
+
+
+def make_infer1000():
+    torch.manual_seed(0)
+    model = fmnist_cnn().eval()
+    x = torch.rand(1000, 1, 28, 28)
+
+    def step():
+        with torch.no_grad():
+            model(x)
+    return step
+
+
+def make_jac_svd():
+    torch.manual_seed(0)
+    model = fmnist_cnn().eval()
+    x = torch.rand(1, 1, 28, 28)
+
+    def step():
+        jacobian = torch.autograd.functional.jacobian(lambda z: model(z).squeeze(0), x)
+        torch.linalg.svd(jacobian.reshape(10, 28 * 28), full_matrices=False)
+    return step
+
+
+MAKERS = {"standard": make_standard, "pga10": make_pga10, "ddsnr10": make_ddsnr10,
+          "gsnr1": make_gsnr1, "infer1000": make_infer1000, "jac_svd": make_jac_svd}
+
+
+def timed_block(step, iterations):
+    """Wall-clock and process CPU seconds of `iterations` steps."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(iterations):
+        step()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def measure(step, repetitions, min_time, warmup_time):
+    """Median over repetitions of the mean time per step of a block, in ms."""
+    start = time.perf_counter()
+    warmup_steps = 0
+    while warmup_steps == 0 or time.perf_counter() - start < warmup_time:
+        step()
+        warmup_steps += 1
+    # Grow the block until it lasts min_time, as Google Benchmark does; the
+    # block that does is the first repetition.
+    iterations = 1
+    while True:
+        wall, cpu = timed_block(step, iterations)
+        if wall >= min_time:
+            break
+        iterations = max(iterations + 1, int(iterations * min(10.0, 1.4 * min_time / max(wall, 1e-9))))
+    blocks = [(wall, cpu)] + [timed_block(step, iterations) for _ in range(repetitions - 1)]
+    wall_ms = [w / iterations * 1e3 for w, _ in blocks]
+    cpu_ms = [c / iterations * 1e3 for _, c in blocks]
+    return {"median_ms": statistics.median(wall_ms), "median_cpu_ms": statistics.median(cpu_ms),
+            "repetition_ms": wall_ms, "repetition_cpu_ms": cpu_ms, "iterations": iterations}
+
+
+def loaded_library(fragment):
+    """Path of the first mapped shared library whose name contains fragment."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split()[-1]
+                if fragment in os.path.basename(path):
+                    return os.path.realpath(path)
+    except OSError:
+        pass
+    return None
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--steps", nargs="+", default=STEPS, choices=STEPS)
+    parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0")) or os.cpu_count(),
+                        help="torch.set_num_threads (default: OMP_NUM_THREADS, else the CPU count)")
+    parser.add_argument("--repetitions", type=int, default=5)
+    parser.add_argument("--min-time", type=float, default=0.5, help="seconds per repetition, at least")
+    parser.add_argument("--warmup-time", type=float, default=0.5, help="untimed seconds before measuring")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    results = {}
+    for name in args.steps:
+        results[name] = measure(MAKERS[name](), args.repetitions, args.min_time, args.warmup_time)
+    info = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+            "blas": loaded_library("libblas") or loaded_library("openblas") or "unknown",
+            "mkldnn": torch.backends.mkldnn.is_available()}
+    if args.json:
+        json.dump({"info": info, "results": results}, sys.stdout, indent=1)
+        print()
+        return
+    print(f"torch {info['torch']}, {info['threads']} threads, BLAS {info['blas']}")
+    for name, r in results.items():
+        print(f"{name:10s} {r['median_ms']:10.2f} ms wall {r['median_cpu_ms']:10.2f} ms CPU"
+              f"  ({r['iterations']} steps x {len(r['repetition_ms'])})")
+
+
+if __name__ == "__main__":
+    main()

@@ -9,8 +9,10 @@
 //
 // `train --resume out/last.safetensors` continues a run: options not given
 // on the command line are taken from the checkpoint, options given must
-// match it, and the continued run is bit-identical to an uninterrupted one
-// (with the same thread count).
+// match it (except --epochs, which may shorten or extend the run), and the
+// continued run is bit-identical to an uninterrupted one (with the same
+// thread count and --epochs).
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -30,6 +32,9 @@
 
 #include <opnorm/data/data.hpp>
 #include <opnorm/io/checkpoint.hpp>
+#include <opnorm/methods/adversarial.hpp>
+#include <opnorm/methods/data_dependent_snr.hpp>
+#include <opnorm/methods/global_snr.hpp>
 #include <opnorm/methods/standard.hpp>
 #include <opnorm/networks.hpp>
 #include <opnorm/train/train.hpp>
@@ -60,7 +65,15 @@ struct config {
   int threads = 0;          // 0: OpenMP's default
   std::string out = "out";
   std::string resume;
+  std::string init;         // start from this model checkpoint (fine-tuning)
   index_t progress_every = 50;
+  // Robust training methods (eps in [0, 1] pixel units, l2).
+  double eps = 1.75;
+  double alpha = 0;         // adversarial: 0 means 2 eps / iterations
+  int iterations = 10;      // PGA or power iterations per step (global_snr: per weight)
+  double lambda = -1;       // < 0: the method's default
+  std::string objective = "eq10";      // adversarial: eq10 (clean + lambda adversarial) or madry
+  std::string regularizer = "sum_of_squares";  // data_dependent_snr: sum_of_squares (Eq. 9) or jacobian (Eq. 8)
 };
 
 const char* const default_fashion_mnist_dir = "/usr/share/datasets/fashion-mnist";
@@ -108,6 +121,11 @@ std::vector<setting> trajectory_settings(config& c) {
       {"--warmup-epochs", integer(c.warmup_epochs)}, {"--step-epochs", integer(c.step_epochs)},
       {"--gamma", real(c.gamma)},             {"--limit-train", integer(c.limit_train)},
       {"--augment", flag(c.augment)},
+      {"--eps", real(c.eps)},                 {"--alpha", real(c.alpha)},
+      {"--iterations", setting{"", [&c] { return std::to_string(c.iterations); },
+                               [&c](const std::string& v) { c.iterations = std::stoi(v); }}},
+      {"--lambda", real(c.lambda)},           {"--objective", text(c.objective)},
+      {"--regularizer", text(c.regularizer)},
       {"--seed", setting{"", [&c] { return std::to_string(c.seed); },
                          [&c](const std::string& v) { c.seed = std::stoull(v); }}},
   };
@@ -130,7 +148,9 @@ safetensors::metadata_map config_metadata(config& c) {
 
 /// Options not given on the command line are taken from the checkpoint;
 /// options given must agree with it, or the resumed run would not be the
-/// run that wrote it.
+/// run that wrote it. The one exception is --epochs, so that a run can be
+/// shortened or extended: that changes the schedule from here on, and the
+/// user is told so.
 void merge_resumed_config(config& c, const CLI::App& app, const safetensors::metadata_map& stored,
                           const fs::path& path) {
   std::string conflicts;
@@ -141,7 +161,14 @@ void merge_resumed_config(config& c, const CLI::App& app, const safetensors::met
                                "' setting; it was not written by this program");
     if (app.count(s.flag) == 0)
       s.set(found->second);
-    else if (s.get() != found->second)
+    else if (s.get() == found->second)
+      continue;
+    else if (s.flag == "--epochs")
+      std::cerr << "note: --epochs " << s.get() << " replaces the checkpoint's " << found->second
+                << "; schedules that depend on the length of the run (cosine, step with the default "
+                   "--step-epochs) continue from the new length, so this is not the run the checkpoint "
+                   "came from\n";
+    else
       conflicts += "\n  " + s.flag + " " + s.get() + " here, " + found->second + " in the checkpoint";
   }
   if (!conflicts.empty())
@@ -163,19 +190,42 @@ std::function<double(index_t, index_t, index_t)> make_schedule(const config& c) 
   return constant_schedule(c.lr);
 }
 
-/// Calls f with the training method named `name`. New methods are added
-/// here and to method_names.
-const std::vector<std::string> method_names = {"standard"};
-template <class F>
-void with_method(const std::string& name, F&& f) {
-  if (name == "standard") {
+/// Calls f with the training method named by c.method, configured from the
+/// command line. New methods are added here and to method_names.
+const std::vector<std::string> method_names = {"standard", "adversarial", "global_snr", "data_dependent_snr"};
+template <class Model, class F>
+void with_method(const config& c, Model& model, F&& f) {
+  if (c.method == "standard") {
     standard method;
     f(method);
-    return;
+  } else if (c.method == "adversarial") {
+    adversarial<l2> method;
+    method.eps = c.eps;
+    method.alpha = c.alpha;
+    method.iterations = c.iterations;
+    if (c.lambda >= 0) method.lambda = c.lambda;
+    method.form = c.objective == "madry" ? adversarial<l2>::objective::adversarial_only
+                                         : adversarial<l2>::objective::clean_plus_adversarial;
+    method.seed = c.seed;
+    f(method);
+  } else if (c.method == "global_snr") {
+    global_snr<typename Model::scalar, typename Model::backend_type> method(model, c.lambda >= 0 ? c.lambda : 3e-4,
+                                                                            c.iterations, c.seed);
+    f(method);
+  } else if (c.method == "data_dependent_snr") {
+    data_dependent_snr<l2> method;
+    method.eps = c.eps;
+    method.iterations = c.iterations;
+    if (c.lambda >= 0) method.lambda = c.lambda;
+    method.regularizer = c.regularizer == "jacobian" ? data_dependent_snr<l2>::form::jacobian
+                                                     : data_dependent_snr<l2>::form::sum_of_squares;
+    method.seed = c.seed;
+    f(method);
+  } else {
+    std::string known;
+    for (const auto& m : method_names) known += (known.empty() ? "" : ", ") + m;
+    throw std::runtime_error("unknown training method '" + c.method + "' (known: " + known + ")");
   }
-  std::string known;
-  for (const auto& m : method_names) known += (known.empty() ? "" : ", ") + m;
-  throw std::runtime_error("unknown training method '" + name + "' (known: " + known + ")");
 }
 
 template <class Model>
@@ -183,7 +233,11 @@ void train_model(Model& model, const char* model_name, config c, const dataset<f
                  const dataset<float>& test) {
   const dataset<float> train =
       c.limit_train > 0 && c.limit_train < train_full.size() ? subset(train_full, 0, c.limit_train) : train_full;
-  with_method(c.method, [&](auto& method) {
+  if (!c.init.empty()) {
+    load_checkpoint(model, c.init);
+    std::cerr << "initialized from " << c.init << '\n';
+  }
+  with_method(c, model, [&](auto& method) {
     auto run = [&](auto& optimizer) {
       fit_options options;
       options.epochs = c.epochs;
@@ -193,6 +247,10 @@ void train_model(Model& model, const char* model_name, config c, const dataset<f
 
       if (!c.resume.empty()) {
         const training_checkpoint restored = load_training_checkpoint(c.resume, model, method, optimizer);
+        if (restored.epochs_completed > c.epochs)
+          throw std::runtime_error("--epochs " + std::to_string(c.epochs) + ": the run in '" + c.resume +
+                                   "' has already completed " + std::to_string(restored.epochs_completed) +
+                                   " epochs");
         options.start_epoch = restored.epochs_completed;
         std::cerr << "resumed from " << c.resume << " after epoch " << restored.epochs_completed << '\n';
       }
@@ -252,7 +310,22 @@ int main(int argc, char** argv) {
   app.add_option("--data-dir", c.data_dir,
                  std::string("folder of the data set files (default for fashion-mnist: ") +
                      default_fashion_mnist_dir + "; cifar10 needs it: the cifar-10-batches-bin folder or its parent)");
-  app.add_option("--method", c.method, "training method: standard")->capture_default_str();
+  app.add_option("--method", c.method, "training method: standard, adversarial, global_snr or data_dependent_snr")
+      ->capture_default_str();
+  app.add_option("--eps", c.eps, "adversarial and data_dependent_snr: l2 radius in [0, 1] pixel units")
+      ->capture_default_str();
+  app.add_option("--alpha", c.alpha, "adversarial: PGA step size (0: 2 eps / iterations)")->capture_default_str();
+  app.add_option("--iterations", c.iterations, "PGA or power iterations per step")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("--lambda", c.lambda,
+                 "regularization weight (default: adversarial 1, global_snr 3e-4, data_dependent_snr 0.03)");
+  app.add_option("--objective", c.objective, "adversarial: eq10 (clean + lambda adversarial loss) or madry")
+      ->capture_default_str();
+  app.add_option("--regularizer", c.regularizer,
+                 "data_dependent_snr: sum_of_squares (Eq. 9) or jacobian (Eq. 8)")
+      ->capture_default_str();
+  app.add_option("--init", c.init, "start from the model in this checkpoint (fine-tuning, as the paper does)");
   app.add_option("--optimizer", c.optimizer, "sgd or adam")->check(CLI::IsMember({"sgd", "adam"}))->capture_default_str();
   app.add_option("--schedule", c.schedule, "learning-rate schedule: cosine, step or constant")
       ->check(CLI::IsMember({"cosine", "step", "constant"}))
@@ -281,7 +354,9 @@ int main(int argc, char** argv) {
   app.add_option("--threads", c.threads, "OpenMP threads (default: OMP_NUM_THREADS or all cores)")
       ->check(CLI::PositiveNumber);
   app.add_option("--out", c.out, "output folder")->capture_default_str();
-  app.add_option("--resume", c.resume, "continue the run saved in this checkpoint (a last.safetensors)");
+  app.add_option("--resume", c.resume,
+                 "continue the run saved in this checkpoint (a last.safetensors); other options default to the "
+                 "checkpoint's and must match it, except --epochs");
   app.add_option("--progress-every", c.progress_every, "print a status line every N steps")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -304,7 +379,12 @@ int main(int argc, char** argv) {
       throw std::runtime_error("--momentum applies to sgd; adam uses its betas (0.9, 0.999)");
     if (c.optimizer == "adam" && c.nesterov) throw std::runtime_error("--nesterov applies to sgd only");
     if (c.nesterov && c.momentum == 0) throw std::runtime_error("--nesterov needs --momentum > 0");
-    with_method(c.method, [](auto&) {});  // an unknown name fails before the data is loaded
+    if (std::find(method_names.begin(), method_names.end(), c.method) == method_names.end())
+      throw std::runtime_error("unknown training method '" + c.method + "' (known: standard, adversarial, global_snr, data_dependent_snr)");
+    if (c.objective != "eq10" && c.objective != "madry") throw std::runtime_error("--objective must be eq10 or madry");
+    if (c.regularizer != "sum_of_squares" && c.regularizer != "jacobian")
+      throw std::runtime_error("--regularizer must be sum_of_squares or jacobian");
+    if (!c.init.empty() && !c.resume.empty()) throw std::runtime_error("--init starts a new run and --resume continues one: give one of them");
 
     std::string dir = c.data_dir;
     if (dir.empty()) {

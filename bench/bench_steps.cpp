@@ -19,19 +19,20 @@
 // user; CPU is the CPU time of the whole process (MeasureProcessCPUTime), all
 // OpenMP threads included. With one thread, CPU time is the measure that a
 // busy machine disturbs least (time slices lost to other processes do not
-// count). Set the thread count with OMP_NUM_THREADS. bench/compare.py runs these next to PyTorch and prints
-// medians; run alone, e.g.
+// count). Set the thread count with OMP_NUM_THREADS. bench/compare.py runs
+// these next to PyTorch and prints medians (docs/performance.md); alone, e.g.
 //
 //   OMP_NUM_THREADS=2 build/bench/bench_steps --benchmark_repetitions=5
 //       --benchmark_report_aggregates_only=true     (one command line)
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
 #include <Eigen/SVD>
 #include <benchmark/benchmark.h>
 
-#include <opnorm/networks.hpp>
+#include <opnorm/networks.hpp>  // first: it brings the layer vocabulary the method headers use
 #include <opnorm/analysis/jacobian.hpp>
 #include <opnorm/methods/adversarial.hpp>
 #include <opnorm/methods/data_dependent_snr.hpp>
@@ -51,8 +52,9 @@ constexpr index_t batch_size = 128;
 constexpr double eps = 1.75;  // pixel units
 constexpr double ddsnr_lambda = 0.03;
 constexpr double gsnr_lambda = 3e-4;
-// Untimed time before the first measurement: first-touch page faults, tape
-// and workspace allocations, OpenMP thread start-up.
+// Untimed time before the first measurement (default of
+// --benchmark_min_warmup_time): first-touch page faults, tape and workspace
+// allocations, OpenMP thread start-up.
 constexpr double warm_up_seconds = 0.5;
 
 images random_images(index_t n, std::uint64_t seed) {
@@ -156,7 +158,7 @@ void jac_svd(benchmark::State& state) {
 }
 
 void configure(benchmark::internal::Benchmark* b) {
-  b->Unit(benchmark::kMillisecond)->UseRealTime()->MeasureProcessCPUTime()->MinWarmUpTime(warm_up_seconds);
+  b->Unit(benchmark::kMillisecond)->UseRealTime()->MeasureProcessCPUTime();
 }
 
 }  // namespace
@@ -168,4 +170,17 @@ BENCHMARK(gsnr1_step)->Name("gsnr1")->Apply(configure);
 BENCHMARK(infer1000)->Name("infer1000")->Apply(configure);
 BENCHMARK(jac_svd)->Name("jac_svd")->Apply(configure);
 
-BENCHMARK_MAIN();
+// BENCHMARK_MAIN, with a warm-up by default: the flag is put first, so a
+// --benchmark_min_warmup_time on the command line (later in argv) wins.
+int main(int argc, char** argv) {
+  std::string warm_up = "--benchmark_min_warmup_time=" + std::to_string(warm_up_seconds);
+  std::vector<char*> args{argv[0], warm_up.data()};
+  args.insert(args.end(), argv + 1, argv + argc);
+  int count = static_cast<int>(args.size());
+  args.push_back(nullptr);
+  benchmark::Initialize(&count, args.data());
+  if (benchmark::ReportUnrecognizedArguments(count, args.data())) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -39,6 +39,22 @@ inline double relative_error(const tensor_d& a, const tensor_d& b) {
   return scale == 0 ? 0 : std::sqrt(diff) / scale;
 }
 
+/// Central differences of objective() with respect to every entry of t.
+template <class Objective>
+tensor_d finite_difference_gradient(tensor_d& t, Objective&& objective, double h = 1e-6) {
+  tensor_d fd(t.shape());
+  for (index_t i = 0; i < t.size(); ++i) {
+    const double keep = t[i];
+    t[i] = keep + h;
+    const double up = objective();
+    t[i] = keep - h;
+    const double down = objective();
+    t[i] = keep;
+    fd[i] = (up - down) / (2 * h);
+  }
+  return fd;
+}
+
 /// Checks vjp (input and every trainable parameter) and jvp of a layer at x
 /// against central finite differences with step h. The scalar probed is
 /// <gy, f(x)> for a random gy, so every output contributes.
@@ -69,33 +85,13 @@ void check_layer(Layer& layer, const tensor_d& x, mode m, double tolerance = 1e-
   layer.vjp(x, y, cache, gy, &gx, true);
 
   SUBCASE("vjp with respect to the input") {
-    tensor_d fd(x.shape());
     tensor_d xp = x;
-    for (index_t i = 0; i < x.size(); ++i) {
-      const double keep = xp[i];
-      xp[i] = keep + h;
-      const double up = probe(xp);
-      xp[i] = keep - h;
-      const double down = probe(xp);
-      xp[i] = keep;
-      fd[i] = (up - down) / (2 * h);
-    }
-    CHECK(relative_error(gx, fd) < tolerance);
+    CHECK(relative_error(gx, finite_difference_gradient(xp, [&] { return probe(xp); }, h)) < tolerance);
   }
   SUBCASE("vjp with respect to the parameters") {
     for (auto& p : state.parameters) {
       CAPTURE(p.name);
-      tensor_d fd(p.value->shape());
-      for (index_t i = 0; i < p.value->size(); ++i) {
-        const double keep = (*p.value)[i];
-        (*p.value)[i] = keep + h;
-        const double up = probe(x);
-        (*p.value)[i] = keep - h;
-        const double down = probe(x);
-        (*p.value)[i] = keep;
-        fd[i] = (up - down) / (2 * h);
-      }
-      CHECK(relative_error(*p.grad, fd) < tolerance);
+      CHECK(relative_error(*p.grad, finite_difference_gradient(*p.value, [&] { return probe(x); }, h)) < tolerance);
     }
   }
   SUBCASE("jvp") {

@@ -42,20 +42,10 @@ struct fixture {
 // differences of objective(), which must evaluate the method's loss.
 template <class Objective>
 void check_parameter_gradients(small_cnn& net, Objective objective, double tolerance = 1e-6) {
-  const double h = 1e-6;
   auto state = net.state();
   for (auto& p : state.parameters) {
     CAPTURE(p.name);
-    tensor_d fd(p.value->shape());
-    for (index_t i = 0; i < p.value->size(); ++i) {
-      const double keep = (*p.value)[i];
-      (*p.value)[i] = keep + h;
-      const double up = objective();
-      (*p.value)[i] = keep - h;
-      const double down = objective();
-      (*p.value)[i] = keep;
-      fd[i] = (up - down) / (2 * h);
-    }
+    const tensor_d fd = finite_difference_gradient(*p.value, objective);
     // A conv bias followed by train-mode BatchNorm has an exactly zero
     // gradient (the batch mean removes it); both sides are then rounding noise.
     const bool both_zero = norm(*p.grad) < 1e-9 && norm(fd) < 1e-9;
@@ -210,18 +200,7 @@ TEST_CASE("global SNR: the added gradient is lambda sigma u v^T, the gradient of
         for (index_t c = 0; c < cols; ++c) s += (*u)[r] * (*p.value)[r * cols + c] * v[c];
       return method.lambda / 2 * s * s;
     };
-    const double h = 1e-6;
-    tensor_d fd(p.value->shape());
-    for (index_t i = 0; i < p.value->size(); ++i) {
-      const double keep = (*p.value)[i];
-      (*p.value)[i] = keep + h;
-      const double up = objective();
-      (*p.value)[i] = keep - h;
-      const double down = objective();
-      (*p.value)[i] = keep;
-      fd[i] = (up - down) / (2 * h);
-    }
-    CHECK(relative_error(*p.grad, fd) < 1e-6);
+    CHECK(relative_error(*p.grad, finite_difference_gradient(*p.value, objective)) < 1e-6);
     // sigma is u^T W v for the final u and v.
     CHECK(std::sqrt(2 * objective() / method.lambda) == doctest::Approx(sigma).epsilon(1e-10));
   }

@@ -14,6 +14,7 @@
 #include <map>
 #include <string>
 
+#include "../layers/layer.hpp"
 #include "../power_iteration.hpp"
 #include "method.hpp"
 

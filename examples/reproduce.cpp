@@ -74,7 +74,7 @@ struct settings {
   std::string preset = "default";
   std::string dataset = "fashion-mnist";
   std::string data_dir;
-  std::string out = "reproduction";
+  std::string out = "out/reproduction";
   std::string standard_checkpoint;
   std::uint64_t seed = 0;
   int threads = 0;
@@ -101,7 +101,7 @@ struct settings {
   // short fine-tuning run needs a large lambda before clean accuracy moves
   // at all (lambda = 0.1 leaves it unchanged on fmnist_cnn): the sweep spans
   // the upper half of the paper's grid (Table 2: 1e-5 ... 3e1).
-  std::vector<double> gsnr_lambdas = {0.3, 1, 3, 10, 30};
+  std::vector<double> gsnr_lambdas = {0.3, 1, 2, 3, 10};
   std::vector<double> eps_grid;       // l2, in [0, 1] pixel units
   std::vector<double> linf_eps_grid;  // linf, in [0, 1] pixel units
   std::vector<double> radius_factors = {0, 0.25, 0.5, 1, 1.5, 2, 3, 4};  // Figure 2 radii / eps*

@@ -47,7 +47,8 @@ threads="${REPRODUCE_THREADS:-$(nproc)}"
 mkdir -p "$out"
 command="bash scripts/reproduce.sh $preset${*:+ $*}"
 echo "reproduce.sh: preset $preset, $threads threads, output in $out" >&2
-OMP_NUM_THREADS="$threads" build/examples/reproduce --preset "$preset" --out "$out" --threads "$threads" "$@" \
+# Passive waiting keeps idle OpenMP threads from spinning on a shared machine.
+OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}" OMP_NUM_THREADS="$threads" build/examples/reproduce --preset "$preset" --out "$out" --threads "$threads" "$@" \
   2>&1 | tee "$out/log.txt"
 status=${PIPESTATUS[0]}
 wall=$(( $(date +%s) - start ))

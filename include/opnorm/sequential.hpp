@@ -42,7 +42,10 @@ class sequential {
     const tensor_type& output() const { return activations.back(); }
   };
 
-  explicit sequential(Layers... layers) : layers_(std::move(layers)...) { initialize(0); }
+  explicit sequential(Layers... layers) : layers_(std::move(layers)...) {
+    initialize(0);
+    first_trainable_ = find_first_trainable(std::index_sequence_for<Layers...>{});
+  }
 
   /// Re-draws every parameter from a generator seeded with seed (PyTorch's
   /// default schemes); the same seed gives the same weights on every backend.
@@ -132,7 +135,11 @@ class sequential {
     int slot = 0;
     auto step = [&](auto index) {
       constexpr std::size_t L = depth - 1 - decltype(index)::value;
-      tensor_type* out = L == 0 ? gx : &t.scratch[static_cast<std::size_t>(slot)];
+      // Below the first layer with parameters, nothing needs a gradient
+      // unless the caller asked for dL/dx.
+      if (!gx && L < first_trainable_) return;
+      const bool input_gradient_needed = gx || L > first_trainable_;
+      tensor_type* out = !input_gradient_needed ? nullptr : L == 0 ? gx : &t.scratch[static_cast<std::size_t>(slot)];
       std::get<L>(layers_).vjp(t.activations[L], t.activations[L + 1], std::get<L>(t.caches), *incoming,
                                out, pg);
       incoming = out;
@@ -203,7 +210,21 @@ class sequential {
     (std::get<I>(layers_).collect_state(s, std::to_string(I) + "."), ...);
   }
 
+  template <std::size_t... I>
+  std::size_t find_first_trainable(std::index_sequence<I...>) {
+    std::size_t first = depth;
+    auto visit = [&](auto index) {
+      constexpr std::size_t L = decltype(index)::value;
+      state_list<scalar, backend_type> s;
+      std::get<L>(layers_).collect_state(s, "");
+      if (!s.parameters.empty() && first == depth) first = L;
+    };
+    (visit(std::integral_constant<std::size_t, I>{}), ...);
+    return first;
+  }
+
   std::tuple<Layers...> layers_;
+  std::size_t first_trainable_ = 0;  // index of the first layer with trainable parameters
 };
 
 }  // namespace opnorm

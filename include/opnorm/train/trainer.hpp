@@ -38,6 +38,7 @@
 #include "../data/augmentation.hpp"
 #include "../data/batching.hpp"
 #include "../data/dataset.hpp"
+#include "../layers/layer.hpp"
 #include "../methods/method.hpp"
 #include "../mode.hpp"
 #include "batch_transfer.hpp"

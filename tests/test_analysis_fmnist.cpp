@@ -4,7 +4,7 @@
 // same max-pool winners); with the activations frozen at x it is exact at
 // any radius. The deviation from linearity is zero inside the region and
 // grows as the probe crosses ever more activation boundaries.
-#include "gradient_check.hpp"
+#include "analysis_test_helpers.hpp"
 
 #include <opnorm/analysis/analysis.hpp>
 #include <opnorm/networks.hpp>
@@ -15,22 +15,7 @@ using analysis::matrix;
 
 namespace {
 
-double relative_difference(const matrix<double>& a, const matrix<double>& b) {
-  return (a - b).norm() / std::max(a.norm(), b.norm());
-}
 
-// How many examples of `activation` have a sign pattern (a > 0) other than
-// that of example `example` of `reference`.
-index_t pattern_changes(const tensor_d& reference, index_t example, const tensor_d& activation) {
-  const index_t d = activation.example_size();
-  index_t changed = 0;
-  for (index_t j = 0; j < activation.dim(0); ++j) {
-    bool same = true;
-    for (index_t k = 0; k < d && same; ++k) same = (activation[j * d + k] > 0) == (reference[example * d + k] > 0);
-    changed += same ? 0 : 1;
-  }
-  return changed;
-}
 
 // The same for the winner of every 2 x 2 max-pool window of a (n, C, H, W) input.
 index_t pool_changes(const tensor_d& reference, index_t example, const tensor_d& input) {

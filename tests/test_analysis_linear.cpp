@@ -2,7 +2,7 @@
 // the input Jacobian is the product of the weight matrices (biases and the
 // standardization offset drop out), the network equals its linearization
 // everywhere, and J_f(x + z) does not depend on z. Double precision.
-#include "gradient_check.hpp"
+#include "analysis_test_helpers.hpp"
 
 #include <Eigen/SVD>
 
@@ -46,9 +46,6 @@ matrix<double> conv_matrix(const conv2d<double>& conv, index_t height, index_t w
   return m;
 }
 
-double relative_difference(const matrix<double>& a, const matrix<double>& b) {
-  return (a - b).norm() / std::max(a.norm(), b.norm());
-}
 
 using two_dense = sequential<dense<double>, dense<double>>;
 two_dense make_two_dense() {

@@ -105,7 +105,7 @@ class stats_probe {
   shape_t output_shape(const shape_t& in) const { return in; }
   void forward(const tensor<T, Backend>& x, tensor<T, Backend>& y, cache&, mode) {
     y.resize(x.shape());
-    backend::copy(Backend{}, x.data(), x.size(), y.data());
+    backend_ops<Backend>::copy(x.data(), x.size(), y.data());
   }
   void vjp(const tensor<T, Backend>&, const tensor<T, Backend>&, const cache&, const tensor<T, Backend>& gy,
            tensor<T, Backend>* gx, bool) {

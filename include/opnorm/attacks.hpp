@@ -112,21 +112,30 @@ class pga {
   }
 
   // Per example: a success beats a failure; otherwise the larger loss wins.
+  // The decision is made on the host from the scores; the rows are moved on
+  // the backend, so only n flags travel.
+ public:  // nvcc rejects extended lambdas in private member functions
   static void keep_worst_case(const attack_result<T, B>& trial, attack_result<T, B>& best, index_t n) {
-    const index_t d = best.adversarial.example_size();
-    std::vector<T> best_x = best.adversarial.to_vector();
-    const std::vector<T> trial_x = trial.adversarial.to_vector();
+    std::vector<std::int32_t> take(static_cast<std::size_t>(n), 0);
     for (index_t i = 0; i < n; ++i) {
       const bool better = trial.success[i] > best.success[i] ||
                           (trial.success[i] == best.success[i] && trial.loss[i] > best.loss[i]);
       if (!better) continue;
-      std::copy(trial_x.begin() + i * d, trial_x.begin() + (i + 1) * d, best_x.begin() + i * d);
+      take[static_cast<std::size_t>(i)] = 1;
       best.success[i] = trial.success[i];
       best.loss[i] = trial.loss[i];
     }
-    best.adversarial = tensor<T, B>::from_vector(best.adversarial.shape(), best_x);
+    const auto flags = label_tensor<B>::from_vector({n}, take);
+    const std::int32_t* f = flags.data();
+    const T* from = trial.adversarial.data();
+    T* to = best.adversarial.data();
+    const index_t d = best.adversarial.example_size();
+    backend_ops<B>::for_each_index(n * d, [=] OPNORM_HD(index_t k) {
+      if (f[k / d]) to[k] = from[k];
+    });
   }
 
+ private:
   Model& model_;
   attack_options<T> options_;
   typename kernel::template workspace<Model> ws_;

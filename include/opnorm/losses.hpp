@@ -25,12 +25,13 @@ template <class Backend = backend::cpu>
 using label_tensor = tensor<std::int32_t, Backend>;
 
 namespace detail {
+// The reduced loss, summed in double on the backend: one scalar reaches the host.
 template <class T, class B>
 T reduce_per_example(const tensor<T, B>& values, reduction r) {
-  const std::vector<T> v = values.to_vector();
-  double s = 0;  // fixed order, double accumulation: reproducible
-  for (T e : v) s += static_cast<double>(e);
-  if (r == reduction::mean && !v.empty()) s /= static_cast<double>(v.size());
+  const T* v = values.data();
+  const index_t n = values.size();
+  double s = backend_ops<B>::template sum<double>(n, [=] OPNORM_HD(index_t i) { return static_cast<double>(v[i]); });
+  if (r == reduction::mean && n > 0) s /= static_cast<double>(n);
   return static_cast<T>(s);
 }
 }  // namespace detail
@@ -55,7 +56,7 @@ struct softmax_cross_entropy {
     T* val = values.data();
     T* g = gradient ? gradient->data() : nullptr;
     const T scale = r == reduction::mean ? T(1) / static_cast<T>(n) : T(1);
-    backend::for_each_index(B{}, n, [=] OPNORM_HD(index_t i) {
+    backend_ops<B>::for_each_index(n, [=] OPNORM_HD(index_t i) {
       const T* zi = z + i * k;
       T m = zi[0];
       for (index_t j = 1; j < k; ++j) m = zi[j] > m ? zi[j] : m;
@@ -78,11 +79,17 @@ struct softmax_cross_entropy {
   static void require(bool ok, const std::string& what) {
     if (!ok) throw std::invalid_argument("opnorm::" + what);
   }
+  // Counts the labels outside [0, classes) on the backend; only when there
+  // is one is the label tensor copied to the host, to name it.
   template <class B>
   static void check_labels(const label_tensor<B>& labels, index_t classes) {
-    for (std::int32_t y : labels.to_vector())
-      require(y >= 0 && y < classes, "softmax_cross_entropy: label " + std::to_string(y) +
-                                         " outside [0, " + std::to_string(classes) + ")");
+    const std::int32_t* y = labels.data();
+    const index_t bad = backend_ops<B>::template sum<index_t>(
+        labels.size(), [=] OPNORM_HD(index_t i) { return index_t(y[i] < 0 || y[i] >= classes); });
+    if (bad == 0) return;
+    for (std::int32_t v : labels.to_vector())
+      require(v >= 0 && v < classes, "softmax_cross_entropy: label " + std::to_string(v) + " outside [0, " +
+                                         std::to_string(classes) + ")");
   }
 };
 
@@ -106,7 +113,7 @@ struct sum_of_squares {
     T* val = values.data();
     T* g = gradient ? gradient->data() : nullptr;
     const T scale = r == reduction::mean ? T(1) / static_cast<T>(n) : T(1);
-    backend::for_each_index(B{}, n, [=] OPNORM_HD(index_t i) {
+    backend_ops<B>::for_each_index(n, [=] OPNORM_HD(index_t i) {
       T s = T(0);
       for (index_t j = 0; j < k; ++j) {
         const T d = z[i * k + j] - t[i * k + j];

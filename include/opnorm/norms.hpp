@@ -34,7 +34,7 @@ struct l2 {
     const index_t n = g.dim(0), d = g.example_size();
     const T* gs = g.data();
     T* vs = v.data();
-    backend::for_each_task(B{}, n, [=] OPNORM_HD(index_t i) {
+    backend_ops<B>::for_each_segment(n, d, [=] OPNORM_HD(index_t i) {
       T s = T(0);
       for (index_t j = 0; j < d; ++j) s += gs[i * d + j] * gs[i * d + j];
       // A zero gradient has no ascent direction: return 0, never 0/0.
@@ -47,7 +47,7 @@ struct l2 {
   static void project(tensor<T, B>& delta, T eps) {
     const index_t n = delta.dim(0), d = delta.example_size();
     T* ds = delta.data();
-    backend::for_each_task(B{}, n, [=] OPNORM_HD(index_t i) {
+    backend_ops<B>::for_each_segment(n, d, [=] OPNORM_HD(index_t i) {
       T s = T(0);
       for (index_t j = 0; j < d; ++j) s += ds[i * d + j] * ds[i * d + j];
       const T r = std::sqrt(s);
@@ -78,14 +78,17 @@ struct l2 {
     sample(x, T(1), seed, v, false);
   }
 
- private:
+  // The helpers below launch OPNORM_HD kernels, and nvcc rejects an extended
+  // lambda inside a private or protected member function, so they are
+  // public; they are not part of the interface.
+ public:
   template <class T, class B>
   static void sample(const tensor<T, B>& x, T radius, std::uint64_t seed, tensor<T, B>& out, bool fill_ball) {
     out.resize(x.shape());
     const index_t n = x.dim(0), d = x.example_size();
     const T* xs = x.data();
     T* os = out.data();
-    backend::for_each_task(B{}, n, [=] OPNORM_HD(index_t i) {
+    backend_ops<B>::for_each_segment(n, d, [=] OPNORM_HD(index_t i) {
       const std::uint64_t key = random::fingerprint(xs + i * d, d);
       const std::uint64_t stream = random::mix(key ^ (fill_ball ? detail::stream_ball : detail::stream_direction));
       double s = 0;
@@ -111,7 +114,7 @@ struct linf {
     v.resize(g.shape());
     const T* gs = g.data();
     T* vs = v.data();
-    backend::for_each_index(B{}, g.size(), [=] OPNORM_HD(index_t i) {
+    backend_ops<B>::for_each_index(g.size(), [=] OPNORM_HD(index_t i) {
       vs[i] = gs[i] > T(0) ? T(1) : (gs[i] < T(0) ? T(-1) : T(0));
     });
   }
@@ -119,7 +122,7 @@ struct linf {
   template <class T, class B>
   static void project(tensor<T, B>& delta, T eps) {
     T* ds = delta.data();
-    backend::for_each_index(B{}, delta.size(), [=] OPNORM_HD(index_t i) {
+    backend_ops<B>::for_each_index(delta.size(), [=] OPNORM_HD(index_t i) {
       ds[i] = ds[i] > eps ? eps : (ds[i] < -eps ? -eps : ds[i]);
     });
   }
@@ -130,7 +133,7 @@ struct linf {
     out.resize({n});
     const T* xs = x.data();
     T* o = out.data();
-    backend::for_each_task(B{}, n, [=] OPNORM_HD(index_t i) {
+    backend_ops<B>::for_each_segment(n, d, [=] OPNORM_HD(index_t i) {
       T m = T(0);
       for (index_t j = 0; j < d; ++j) m = std::abs(xs[i * d + j]) > m ? std::abs(xs[i * d + j]) : m;
       o[i] = m;
@@ -144,7 +147,7 @@ struct linf {
     out.resize({n});
     const T* gs = g.data();
     T* o = out.data();
-    backend::for_each_task(B{}, n, [=] OPNORM_HD(index_t i) {
+    backend_ops<B>::for_each_segment(n, d, [=] OPNORM_HD(index_t i) {
       T s = T(0);
       for (index_t j = 0; j < d; ++j) s += std::abs(gs[i * d + j]);
       o[i] = s;
@@ -162,7 +165,10 @@ struct linf {
     sample(x, T(1), seed, v, detail::stream_direction, true);
   }
 
- private:
+  // The helpers below launch OPNORM_HD kernels, and nvcc rejects an extended
+  // lambda inside a private or protected member function, so they are
+  // public; they are not part of the interface.
+ public:
   template <class T, class B>
   static void sample(const tensor<T, B>& x, T eps, std::uint64_t seed, tensor<T, B>& out, std::uint64_t kind,
                      bool signs) {
@@ -170,7 +176,7 @@ struct linf {
     const index_t n = x.dim(0), d = x.example_size();
     const T* xs = x.data();
     T* os = out.data();
-    backend::for_each_task(B{}, n, [=] OPNORM_HD(index_t i) {
+    backend_ops<B>::for_each_segment(n, d, [=] OPNORM_HD(index_t i) {
       const std::uint64_t stream = random::mix(random::fingerprint(xs + i * d, d) ^ kind);
       for (index_t j = 0; j < d; ++j) {
         const double u = random::uniform(seed, stream, static_cast<std::uint64_t>(j));

@@ -14,7 +14,7 @@ void l2_norms(const tensor<T, B>& x, tensor<T, B>& out) {
   out.resize({n});
   const T* xs = x.data();
   T* o = out.data();
-  backend::for_each_task(B{}, n, [=] OPNORM_HD(index_t i) {
+  backend_ops<B>::for_each_segment(n, d, [=] OPNORM_HD(index_t i) {
     T s = T(0);
     for (index_t j = 0; j < d; ++j) s += xs[i * d + j] * xs[i * d + j];
     o[i] = std::sqrt(s);
@@ -29,7 +29,7 @@ void row_dots(const tensor<T, B>& a, const tensor<T, B>& b, tensor<T, B>& out) {
   const T* as = a.data();
   const T* bs = b.data();
   T* o = out.data();
-  backend::for_each_task(B{}, n, [=] OPNORM_HD(index_t i) {
+  backend_ops<B>::for_each_segment(n, d, [=] OPNORM_HD(index_t i) {
     T s = T(0);
     for (index_t j = 0; j < d; ++j) s += as[i * d + j] * bs[i * d + j];
     o[i] = s;
@@ -42,7 +42,7 @@ void axpby(T a, const tensor<T, B>& x, T b, tensor<T, B>& y) {
   if (b == T(0)) y.resize(x.shape());
   const T* xs = x.data();
   T* ys = y.data();
-  backend::for_each_index(B{}, x.size(), [=] OPNORM_HD(index_t i) {
+  backend_ops<B>::for_each_index(x.size(), [=] OPNORM_HD(index_t i) {
     ys[i] = b == T(0) ? a * xs[i] : a * xs[i] + b * ys[i];
   });
 }
@@ -54,7 +54,7 @@ void subtract(const tensor<T, B>& a, const tensor<T, B>& b, tensor<T, B>& out) {
   const T* as = a.data();
   const T* bs = b.data();
   T* o = out.data();
-  backend::for_each_index(B{}, a.size(), [=] OPNORM_HD(index_t i) { o[i] = as[i] - bs[i]; });
+  backend_ops<B>::for_each_index(a.size(), [=] OPNORM_HD(index_t i) { o[i] = as[i] - bs[i]; });
 }
 
 /// y += x elementwise.
@@ -62,14 +62,14 @@ template <class T, class B>
 void add_into(const tensor<T, B>& x, tensor<T, B>& y) {
   const T* xs = x.data();
   T* ys = y.data();
-  backend::for_each_index(B{}, x.size(), [=] OPNORM_HD(index_t i) { ys[i] += xs[i]; });
+  backend_ops<B>::for_each_index(x.size(), [=] OPNORM_HD(index_t i) { ys[i] += xs[i]; });
 }
 
 /// Copies src into dst, resizing dst.
 template <class T, class B>
 void assign(const tensor<T, B>& src, tensor<T, B>& dst) {
   dst.resize(src.shape());
-  backend::copy(B{}, src.data(), src.size(), dst.data());
+  backend_ops<B>::copy(src.data(), src.size(), dst.data());
 }
 
 /// Rows [begin, end) of x (examples begin..end-1) as a new tensor.
@@ -81,7 +81,7 @@ tensor<T, B> slice_rows(const tensor<T, B>& x, index_t begin, index_t end) {
   shape_t shape = x.shape();
   shape[0] = end - begin;
   tensor<T, B> out(shape);
-  backend::copy(B{}, x.data() + begin * x.example_size(), out.size(), out.data());
+  backend_ops<B>::copy(x.data() + begin * x.example_size(), out.size(), out.data());
   return out;
 }
 

@@ -114,7 +114,7 @@ class power_iteration {
       const T* d = ws.duals.data();
       const T* nu = ws.norms.data();
       T* s = out.sigma.data();
-      backend::for_each_index(B{}, out.sigma.size(), [=] OPNORM_HD(index_t i) { s[i] = nu[i] > T(0) ? d[i] / nu[i] : T(0); });
+      backend_ops<B>::for_each_index(out.sigma.size(), [=] OPNORM_HD(index_t i) { s[i] = nu[i] > T(0) ? d[i] / nu[i] : T(0); });
     }
     assign(ws.u, out.u);
     assign(ws.v, out.v);
@@ -200,16 +200,18 @@ class power_iteration<weight_operator, l2, no_step> {
     v.resize({cols});
     tensor<T, B> wv({rows});
     for (int k = 0; k < iterations; ++k) {
-      backend::gemm(B{}, true, false, cols, 1, rows, T(1), w.data(), cols, u.data(), 1, T(0), v.data(), 1);
+      backend_ops<B>::gemm(true, false, cols, 1, rows, T(1), w.data(), cols, u.data(), 1, T(0), v.data(), 1);
       normalize(v);
-      backend::gemm(B{}, false, false, rows, 1, cols, T(1), w.data(), cols, v.data(), 1, T(0), wv.data(), 1);
+      backend_ops<B>::gemm(false, false, rows, 1, cols, T(1), w.data(), cols, v.data(), 1, T(0), wv.data(), 1);
       assign(wv, u);
       normalize(u);
     }
-    backend::gemm(B{}, false, false, rows, 1, cols, T(1), w.data(), cols, v.data(), 1, T(0), wv.data(), 1);
-    const std::vector<T> uh = u.to_vector(), wvh = wv.to_vector();
-    double sigma = 0;
-    for (std::size_t i = 0; i < uh.size(); ++i) sigma += static_cast<double>(uh[i]) * wvh[i];
+    backend_ops<B>::gemm(false, false, rows, 1, cols, T(1), w.data(), cols, v.data(), 1, T(0), wv.data(), 1);
+    // sigma = <u, W v> on the backend: u and v never leave it.
+    const T* us = u.data();
+    const T* wvs = wv.data();
+    const double sigma = backend_ops<B>::template sum<double>(
+        rows, [=] OPNORM_HD(index_t i) { return static_cast<double>(us[i]) * static_cast<double>(wvs[i]); });
     return static_cast<T>(sigma);
   }
 

@@ -73,7 +73,7 @@ class sequential {
                              std::size_t until = depth) {
     t.forward_mode = m;
     t.activations[0].resize(x.shape());
-    backend::copy(backend_type{}, x.data(), x.size(), t.activations[0].data());
+    backend_ops<backend_type>::copy(x.data(), x.size(), t.activations[0].data());
     forward_layers(t, m, until, std::index_sequence_for<Layers...>{});
     return t.activations[until];
   }
@@ -153,7 +153,7 @@ class sequential {
                   std::index_sequence<I...>) {
     if (until == 0) {
       dy.resize(dx.shape());
-      backend::copy(backend_type{}, dx.data(), dx.size(), dy.data());
+      backend_ops<backend_type>::copy(dx.data(), dx.size(), dy.data());
       return;
     }
     const tensor_type* incoming = &dx;

@@ -34,7 +34,7 @@ void clip(tensor<T, B>& p, const iteration_options<T>& o) {
   if (!o.clip_to_box) return;
   T* ps = p.data();
   const T lo = o.box_min, hi = o.box_max;
-  backend::for_each_index(B{}, p.size(), [=] OPNORM_HD(index_t i) { ps[i] = ps[i] < lo ? lo : (ps[i] > hi ? hi : ps[i]); });
+  backend_ops<B>::for_each_index(p.size(), [=] OPNORM_HD(index_t i) { ps[i] = ps[i] < lo ? lo : (ps[i] > hi ? hi : ps[i]); });
 }
 }  // namespace detail
 
@@ -59,7 +59,7 @@ struct unbounded_step {
     const T* vs = v.data();
     T* ps = p.data();
     const T eps = o.eps;
-    backend::for_each_index(B{}, x.size(), [=] OPNORM_HD(index_t i) { ps[i] = xs[i] + eps * vs[i]; });
+    backend_ops<B>::for_each_index(x.size(), [=] OPNORM_HD(index_t i) { ps[i] = xs[i] + eps * vs[i]; });
     detail::clip(p, o);
   }
 };
@@ -82,7 +82,7 @@ struct projected_step {
     const T* vs = v.data();
     T* ps = p.data();
     const T alpha = o.alpha;
-    backend::for_each_index(B{}, x.size(), [=] OPNORM_HD(index_t i) { ps[i] = ps[i] + alpha * vs[i] - xs[i]; });
+    backend_ops<B>::for_each_index(x.size(), [=] OPNORM_HD(index_t i) { ps[i] = ps[i] + alpha * vs[i] - xs[i]; });
     Norm::project(p, o.eps);
     add_into(x, p);
     detail::clip(p, o);

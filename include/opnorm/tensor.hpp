@@ -4,6 +4,10 @@
 // A tensor is a concrete container, never an expression: power-iteration
 // vectors and perturbations are stored, not recomputed. Element access from
 // the host is only offered by backends whose memory the host can read.
+//
+// The storage comes from the backend (backend_ops<Backend>::storage<T>), so
+// this header knows no container; the cpu backend is included because it is
+// the default.
 #include <algorithm>
 #include <initializer_list>
 #include <numeric>
@@ -12,8 +16,7 @@
 #include <string>
 #include <vector>
 
-#include <xtensor/xadapt.hpp>
-
+#include "backend/backend.hpp"
 #include "backend/cpu.hpp"
 
 namespace opnorm {
@@ -34,16 +37,19 @@ inline std::string shape_string(const shape_t& s) {
 
 template <class T, class Backend = backend::cpu>
 class tensor {
-  static_assert(backend::is_backend<Backend>::value,
+  static_assert(backend::check_backend<Backend>::value && backend::is_backend<Backend>::value,
                 "the second template argument of opnorm::tensor must be a backend tag, such as "
-                "opnorm::backend::cpu");
+                "opnorm::backend::cpu or opnorm::backend::thrust<opnorm::backend::system::omp>");
   static_assert(std::is_floating_point<T>::value || std::is_integral<T>::value,
                 "opnorm::tensor holds arithmetic scalars only");
 
  public:
   using value_type = T;
   using backend_type = Backend;
-  using storage_type = typename Backend::template storage<T>;
+  using ops = backend_ops<Backend>;
+  using storage_type = typename ops::template storage<T>;
+  /// Whether the host may dereference data() (operator[], operator()).
+  static constexpr bool host_accessible = ops::host_accessible;
 
   tensor() = default;
   explicit tensor(shape_t shape) : shape_(std::move(shape)) { allocate(); }
@@ -61,8 +67,8 @@ class tensor {
   /// Elements per example: the product of all dimensions but the first.
   index_t example_size() const { return shape_.empty() ? 0 : size() / shape_[0]; }
 
-  T* data() { return storage_.data(); }
-  const T* data() const { return storage_.data(); }
+  T* data() { return ops::data(storage_); }
+  const T* data() const { return ops::data(storage_); }
 
   /// Resizes to a new shape; the contents are unspecified afterwards unless
   /// the number of elements is unchanged.
@@ -92,16 +98,16 @@ class tensor {
     return std::move(*this);
   }
 
-  void fill(T value) { backend::fill(Backend{}, data(), size(), value); }
+  void fill(T value) { ops::fill(data(), size(), value); }
   void set_zero() { fill(T(0)); }
 
   // ---- host access (only where the backend's memory is host memory) ----
   T& operator[](index_t i) {
-    static_assert(Backend::host_accessible, "element access needs host memory; copy to cpu first");
+    static_assert(host_accessible, "element access needs host memory: copy the tensor to the host first (to_vector, or to<backend::cpu>)");
     return data()[i];
   }
   const T& operator[](index_t i) const {
-    static_assert(Backend::host_accessible, "element access needs host memory; copy to cpu first");
+    static_assert(host_accessible, "element access needs host memory: copy the tensor to the host first (to_vector, or to<backend::cpu>)");
     return data()[i];
   }
   template <class... I>
@@ -113,21 +119,10 @@ class tensor {
     return (*this)[offset(idx...)];
   }
 
-  /// An xtensor view with this tensor's shape over its memory (cpu only), so
-  /// users can apply xtensor expressions to it.
-  auto xview() {
-    static_assert(Backend::host_accessible, "xview needs host memory");
-    return xt::adapt(data(), static_cast<std::size_t>(size()), xt::no_ownership(), shape_);
-  }
-  auto xview() const {
-    static_assert(Backend::host_accessible, "xview needs host memory");
-    return xt::adapt(data(), static_cast<std::size_t>(size()), xt::no_ownership(), shape_);
-  }
-
   /// All elements, copied into a std::vector on the host.
   std::vector<T> to_vector() const {
     std::vector<T> v(static_cast<std::size_t>(size()));
-    backend::copy_to_host(Backend{}, data(), size(), v.data());
+    ops::copy_to_host(data(), size(), v.data());
     return v;
   }
   static tensor from_vector(shape_t shape, const std::vector<T>& values) {
@@ -135,7 +130,7 @@ class tensor {
     if (static_cast<index_t>(values.size()) != t.size())
       throw std::invalid_argument("opnorm::tensor::from_vector: " + std::to_string(values.size()) +
                                   " values for shape " + shape_string(t.shape()));
-    backend::copy_from_host(Backend{}, values.data(), t.size(), t.data());
+    ops::copy_from_host(values.data(), t.size(), t.data());
     return t;
   }
 
@@ -145,7 +140,7 @@ class tensor {
   void allocate() {
     for (index_t d : shape_)
       if (d < 0) throw std::invalid_argument("opnorm::tensor: negative dimension in " + shape_string(shape_));
-    storage_ = storage_type(typename storage_type::shape_type{static_cast<std::size_t>(size())});
+    storage_ = ops::template allocate<T>(size());
   }
   template <class... I>
   index_t offset(I... idx) const {

@@ -108,7 +108,7 @@ void unit_directions(const tensor<T, B>& delta, tensor<T, B>& out) {
   const T* ds = delta.data();
   const T* ns = norms.data();
   T* os = out.data();
-  backend::for_each_index(B{}, delta.size(), [=] OPNORM_HD(index_t k) {
+  backend_ops<B>::for_each_index(delta.size(), [=] OPNORM_HD(index_t k) {
     const T length = ns[k / d];
     os[k] = length > T(0) ? ds[k] / length : T(0);
   });

@@ -158,7 +158,7 @@ tensor<T, B> regression_points(const tensor<T, B>& x, index_t example, const reg
   const index_t d = x.example_size();
   const T* xi = x.data() + example * d;
   T* p = points.data();
-  backend::for_each_index(B{}, points.size(), [=] OPNORM_HD(index_t k) { p[k] += xi[k % d]; });
+  backend_ops<B>::for_each_index(points.size(), [=] OPNORM_HD(index_t k) { p[k] += xi[k % d]; });
   return points;
 }
 
@@ -234,14 +234,14 @@ void record_fixed(Model& model, const typename Model::tensor_type& x, index_t i,
   {
     const T* xi = x.data() + i * d_in;
     T* c = copies.data();
-    backend::for_each_index(B{}, copies.size(), [=] OPNORM_HD(index_t k) { c[k] = xi[k % d_in]; });
+    backend_ops<B>::for_each_index(copies.size(), [=] OPNORM_HD(index_t k) { c[k] = xi[k % d_in]; });
   }
   typename Model::tape tape;
   const std::vector<T> at_x = slice_rows(model.forward(copies, tape, mode::eval, until), 0, 1).to_vector();
   for (index_t begin = 0; begin < m; begin += chunk) {
     const index_t end = std::min(m, begin + chunk);
     dz.set_zero();
-    backend::copy(B{}, perturbations.data() + begin * d_in, (end - begin) * d_in, dz.data());
+    backend_ops<B>::copy(perturbations.data() + begin * d_in, (end - begin) * d_in, dz.data());
     model.jvp(tape, dz, dy, until);
     if (y.size() == 0) y.resize(m, dy.example_size());
     store_rows(slice_rows(dy, 0, end - begin), begin, end, y);

@@ -92,8 +92,8 @@ dataset<T> subset(const dataset<T>& data, index_t first, index_t count) {
   out.images.resize(shape);
   out.labels.resize({count});
   const index_t e = data.images.example_size();
-  backend::copy(backend::cpu{}, data.images.data() + first * e, count * e, out.images.data());
-  backend::copy(backend::cpu{}, data.labels.data() + first, count, out.labels.data());
+  backend_ops<backend::cpu>::copy(data.images.data() + first * e, count * e, out.images.data());
+  backend_ops<backend::cpu>::copy(data.labels.data() + first, count, out.labels.data());
   out.classes = data.classes;
   out.class_names = data.class_names;
   out.name = data.name;

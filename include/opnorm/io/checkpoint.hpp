@@ -133,7 +133,7 @@ safetensors::metadata_map load_checkpoint(Model& model, const std::filesystem::p
 
   // Everything validated: only now does the model change.
   for (auto& s : staged_tensors)
-    backend::copy_from_host(B{}, s.values.data(), s.target->size(), s.target->data());
+    backend_ops<B>::copy_from_host(s.values.data(), s.target->size(), s.target->data());
   for (const auto& [target, value] : staged_counters) *target = value;
   if (extra) {
     extra->clear();

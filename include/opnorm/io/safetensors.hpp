@@ -204,7 +204,7 @@ template <class T, class B = backend::cpu>
 tensor<T, B> to_tensor(const entry& e, const std::string& what = "tensor") {
   std::vector<T> values = decode<T>(e, what);
   tensor<T, B> t(e.shape);
-  backend::copy_from_host(B{}, values.data(), t.size(), t.data());
+  backend_ops<B>::copy_from_host(values.data(), t.size(), t.data());
   return t;
 }
 

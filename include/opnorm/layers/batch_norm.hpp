@@ -107,7 +107,7 @@ class batch_norm {
                     "train mode needs more than one value per channel, got input " +
                         shape_string(x.shape()));
       const accumulator momentum = static_cast<accumulator>(momentum_);
-      for_each_channel(C, N * S, [=] OPNORM_HD(index_t ch) {
+      backend_ops<Backend>::for_each_segment(C, N * S, [=] OPNORM_HD(index_t ch) {
         // Two passes (mean, then squared deviations): no cancellation.
         detail::interleaved_sum<accumulator> sum;
         for (index_t n = 0; n < N; ++n) {
@@ -133,7 +133,7 @@ class batch_norm {
       });
       ++num_batches_tracked_;
     } else {
-      backend::for_each_index(Backend{}, C, [=] OPNORM_HD(index_t ch) {
+      backend_ops<Backend>::for_each_index(C, [=] OPNORM_HD(index_t ch) {
         mean[ch] = rm[ch];
         inv_std[ch] = static_cast<T>(1 / std::sqrt(static_cast<accumulator>(rv[ch]) + eps));
       });
@@ -141,7 +141,7 @@ class batch_norm {
 
     const T* mu = mean;
     const T* is = inv_std;
-    backend::for_each_index(Backend{}, N * C, [=] OPNORM_HD(index_t r) {
+    backend_ops<Backend>::for_each_index(N * C, [=] OPNORM_HD(index_t r) {
       const index_t ch = r % C;
       const T scale = (gamma ? gamma[ch] : T(1)) * is[ch];
       const T shift = (beta ? beta[ch] : T(0)) - mu[ch] * scale;
@@ -185,7 +185,7 @@ class batch_norm {
     const T* mean = c.mean.data();
     const T* inv_std = c.inv_std.data();
     T* gamma_grad = weight_grad_.data();
-    for_each_channel(C, N * S, [=] OPNORM_HD(index_t ch) {
+    backend_ops<Backend>::for_each_segment(C, N * S, [=] OPNORM_HD(index_t ch) {
       const T mu = mean[ch], is = inv_std[ch];
       detail::interleaved_sum<accumulator> v_sum, xhat_v_sum, total;
       if (batch) {
@@ -235,20 +235,10 @@ class batch_norm {
     num_batches_tracked_ = 0;
   }
 
- private:
-  // Runs f once per channel, each channel holding channel_size elements: as
-  // coarse tasks on all threads when there is enough work to pay for waking
-  // them, otherwise as plain indices (which the cpu backend runs in the
-  // calling thread below its own threshold).
-  template <class F>
-  static void for_each_channel(index_t channels, index_t channel_size, F f) {
-    if (channels * channel_size >= parallel_work)
-      backend::for_each_task(Backend{}, channels, f);
-    else
-      backend::for_each_index(Backend{}, channels, f);
-  }
-  static constexpr index_t parallel_work = index_t{1} << 15;
-
+  // The helpers below launch OPNORM_HD kernels, and nvcc rejects an extended
+  // lambda inside a private or protected member function, so they are
+  // public; they are not part of the interface.
+ public:
   // Elements per (example, channel): 1 for (N, C) input, H * W for (N, C, H, W).
   static index_t spatial_size(const shape_t& in) {
     return shape_size(shape_t(in.begin() + 2, in.end()));
@@ -267,7 +257,7 @@ class batch_norm {
     const T* mean = c.mean.data();
     const T* inv_std = c.inv_std.data();
     const T* gamma = affine_ ? weight_.data() : nullptr;
-    for_each_channel(C, N * S, [=] OPNORM_HD(index_t ch) {
+    backend_ops<Backend>::for_each_segment(C, N * S, [=] OPNORM_HD(index_t ch) {
       const T mu = mean[ch], is = inv_std[ch];
       // sum(v) and sum(xhat * v) over the channel: the batch-statistics
       // correction needs them, and so do the parameter gradients.
@@ -303,6 +293,7 @@ class batch_norm {
     });
   }
 
+ private:
   index_t features_;
   bool affine_;
   double momentum_, eps_;

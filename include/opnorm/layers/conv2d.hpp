@@ -118,7 +118,7 @@ class conv2d {
       const T* b = bias_.data();
       T* ys = y.data();
       const index_t out = out_, plane = y.dim(2) * y.dim(3);
-      backend::for_each_index(Backend{}, y.dim(0) * out, [=] OPNORM_HD(index_t r) {
+      backend_ops<Backend>::for_each_index(y.dim(0) * out, [=] OPNORM_HD(index_t r) {
         const T v = b[r % out];
         T* row = ys + r * plane;
         for (index_t i = 0; i < plane; ++i) row[i] = v;
@@ -141,13 +141,13 @@ class conv2d {
       if (parameter_gradients) {
         im2col(g, x.data() + n0 * in_ * g.plane_in(), col, count);
         // dW (Cout x K) += sum_n gy_n (Cout x P) col_n^T (P x K)
-        backend::gemm_batched_sum(Backend{}, false, true, out_, g.k_rows, g.plane_out(), T(1),
+        backend_ops<Backend>::gemm_batched_sum(false, true, out_, g.k_rows, g.plane_out(), T(1),
                                   gy_chunk, g.plane_out(), out_ * g.plane_out(), col, g.plane_out(),
                                   g.column_size(), T(1), weight_grad_.data(), g.k_rows, count);
       }
       if (gx) {
         // The columns are no longer needed: reuse them for W^T gy_n (K x P).
-        backend::gemm_batched(Backend{}, true, false, g.k_rows, g.plane_out(), out_, T(1),
+        backend_ops<Backend>::gemm_batched(true, false, g.k_rows, g.plane_out(), out_, T(1),
                               weight_.data(), g.k_rows, index_t{0}, gy_chunk, g.plane_out(),
                               out_ * g.plane_out(), T(0), col, g.plane_out(), g.column_size(), count);
         col2im(g, col, gx->data() + n0 * in_ * g.plane_in(), count);
@@ -160,7 +160,7 @@ class conv2d {
       // One task per output channel sums its rows in a fixed order, in at
       // least double precision (a channel of a 128 x 28 x 28 batch has
       // 100352 terms).
-      for_each_plane(out, batch * plane, [=] OPNORM_HD(index_t o) {
+      backend_ops<Backend>::for_each_segment(out, batch * plane, [=] OPNORM_HD(index_t o) {
         detail::interleaved_sum<accumulator> sum;
         for (index_t n = 0; n < batch; ++n) {
           const T* row = gs + (n * out + o) * plane;
@@ -183,7 +183,7 @@ class conv2d {
     for (index_t n0 = 0; n0 < geo.batch; n0 += chunk) {
       const index_t count = std::min(chunk, geo.batch - n0);
       im2col(geo, dx.data() + n0 * in_ * geo.plane_in(), col, count);
-      backend::gemm_batched_sum(Backend{}, false, true, out_, geo.k_rows, geo.plane_out(), T(1),
+      backend_ops<Backend>::gemm_batched_sum(false, true, out_, geo.k_rows, geo.plane_out(), T(1),
                                 g.data() + n0 * out_ * geo.plane_out(), geo.plane_out(), out_ * geo.plane_out(),
                                 col, geo.plane_out(), geo.column_size(), T(1), weight_grad_.data(), geo.k_rows,
                                 count);
@@ -211,7 +211,10 @@ class conv2d {
     if (has_bias_) fill_uniform(bias_, rng, bound);
   }
 
- private:
+  // The helpers below launch OPNORM_HD kernels, and nvcc rejects an extended
+  // lambda inside a private or protected member function, so they are
+  // public; they are not part of the interface.
+ public:
   struct geometry {
     index_t batch, channels, height, width, out_height, out_width, k_rows;
     index_t plane_in() const { return height * width; }
@@ -223,20 +226,6 @@ class conv2d {
     const shape_t out = output_shape(in);
     return {in[0], in_, in[2], in[3], out[2], out[3], in_ * k_ * k_};
   }
-
-  // Runs f over planes of plane_size elements each: as coarse tasks on all
-  // threads when there is enough work to pay for waking them, otherwise as
-  // plain indices (which the cpu backend runs in the calling thread below
-  // its own threshold). Small convolutions, such as those of the
-  // finite-difference tests, then never fork.
-  template <class F>
-  static void for_each_plane(index_t planes, index_t plane_size, F f) {
-    if (planes * plane_size >= parallel_work)
-      backend::for_each_task(Backend{}, planes, f);
-    else
-      backend::for_each_index(Backend{}, planes, f);
-  }
-  static constexpr index_t parallel_work = index_t{1} << 15;
 
   index_t chunk_size(const geometry& g) const {
     return std::max<index_t>(1, std::min<index_t>(g.batch, column_budget / g.column_size()));
@@ -251,7 +240,7 @@ class conv2d {
     for (index_t n0 = 0; n0 < g.batch; n0 += chunk) {
       const index_t count = std::min(chunk, g.batch - n0);
       im2col(g, x.data() + n0 * in_ * g.plane_in(), col, count);
-      backend::gemm_batched(Backend{}, false, false, out_, g.plane_out(), g.k_rows, T(1),
+      backend_ops<Backend>::gemm_batched(false, false, out_, g.plane_out(), g.k_rows, T(1),
                             weight_.data(), g.k_rows, index_t{0}, col, g.plane_out(),
                             g.column_size(), beta, y.data() + n0 * out_ * g.plane_out(),
                             g.plane_out(), out_ * g.plane_out(), count);
@@ -267,7 +256,7 @@ class conv2d {
   void im2col(const geometry& g, const T* x, T* col, index_t count) const {
     const index_t k = k_, s = stride_, p = pad_, H = g.height, W = g.width, Ho = g.out_height,
                   Wo = g.out_width;
-    for_each_plane(count * g.k_rows, Ho * Wo, [=] OPNORM_HD(index_t tap) {
+    backend_ops<Backend>::for_each_segment(count * g.k_rows, Ho * Wo, [=] OPNORM_HD(index_t tap) {
       const index_t kw = tap % k, kh = (tap / k) % k, plane = tap / (k * k);
       const index_t shift = kw - p;  // input column = ow * s + shift
       T* dst = col + tap * Ho * Wo;
@@ -294,7 +283,7 @@ class conv2d {
   void col2im(const geometry& g, const T* col, T* gx, index_t count) const {
     const index_t k = k_, s = stride_, p = pad_, H = g.height, W = g.width, Ho = g.out_height,
                   Wo = g.out_width;
-    for_each_plane(count * g.channels, H * W, [=] OPNORM_HD(index_t plane) {
+    backend_ops<Backend>::for_each_segment(count * g.channels, H * W, [=] OPNORM_HD(index_t plane) {
       T* dst = gx + plane * H * W;
       for (index_t i = 0; i < H * W; ++i) dst[i] = T(0);
       for (index_t kh = 0; kh < k; ++kh) {
@@ -316,6 +305,7 @@ class conv2d {
     });
   }
 
+ private:
   index_t in_, out_, k_, stride_, pad_;
   bool has_bias_;
   tensor<T, Backend> weight_, weight_grad_, bias_, bias_grad_;

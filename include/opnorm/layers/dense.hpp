@@ -46,7 +46,7 @@ class dense {
       const T* b = bias_.data();
       T* ys = y.data();
       const index_t out = out_;
-      backend::for_each_index(Backend{}, n * out, [=] OPNORM_HD(index_t i) { ys[i] += b[i % out]; });
+      backend_ops<Backend>::for_each_index(n * out, [=] OPNORM_HD(index_t i) { ys[i] += b[i % out]; });
     }
   }
 
@@ -56,19 +56,19 @@ class dense {
     if (gx) {
       gx->resize(x.shape());
       // gx (n x in) = gy (n x out) W (out x in)
-      backend::gemm(Backend{}, false, false, n, in_, out_, T(1), gy.data(), out_, weight_.data(), in_,
+      backend_ops<Backend>::gemm(false, false, n, in_, out_, T(1), gy.data(), out_, weight_.data(), in_,
                     T(0), gx->data(), in_);
     }
     if (parameter_gradients) {
       // dW (out x in) += gy^T (out x n) x (n x in)
-      backend::gemm(Backend{}, true, false, out_, in_, n, T(1), gy.data(), out_, x.data(), in_, T(1),
+      backend_ops<Backend>::gemm(true, false, out_, in_, n, T(1), gy.data(), out_, x.data(), in_, T(1),
                     weight_grad_.data(), in_);
       if (has_bias_) {
         const T* g = gy.data();
         T* bg = bias_grad_.data();
         const index_t out = out_;
         // One task per output feature sums over the batch in a fixed order.
-        backend::for_each_index(Backend{}, out, [=] OPNORM_HD(index_t j) {
+        backend_ops<Backend>::for_each_index(out, [=] OPNORM_HD(index_t j) {
           T s = T(0);
           for (index_t i = 0; i < n; ++i) s += g[i * out + j];
           bg[j] += s;
@@ -88,7 +88,7 @@ class dense {
   /// The bias does not enter J dx.
   void jvp_parameter_vjp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache&,
                          const tensor<T, Backend>& dx, const tensor<T, Backend>& g) {
-    backend::gemm(Backend{}, true, false, out_, in_, x.dim(0), T(1), g.data(), out_, dx.data(), in_, T(1),
+    backend_ops<Backend>::gemm(true, false, out_, in_, x.dim(0), T(1), g.data(), out_, dx.data(), in_, T(1),
                   weight_grad_.data(), in_);
   }
 
@@ -107,7 +107,7 @@ class dense {
  private:
   // y (n x out) = x (n x in) W^T
   void linear_map(const tensor<T, Backend>& x, tensor<T, Backend>& y) const {
-    backend::gemm(Backend{}, false, true, x.dim(0), out_, in_, T(1), x.data(), in_, weight_.data(), in_,
+    backend_ops<Backend>::gemm(false, true, x.dim(0), out_, in_, T(1), x.data(), in_, weight_.data(), in_,
                   T(0), y.data(), out_);
   }
 

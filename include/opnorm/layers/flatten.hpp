@@ -21,20 +21,20 @@ class flatten {
 
   void forward(const tensor<T, Backend>& x, tensor<T, Backend>& y, cache&, mode) {
     y.resize(output_shape(x.shape()));
-    backend::copy(Backend{}, x.data(), x.size(), y.data());
+    backend_ops<Backend>::copy(x.data(), x.size(), y.data());
   }
 
   void vjp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache&,
            const tensor<T, Backend>& gy, tensor<T, Backend>* gx, bool) {
     if (!gx) return;
     gx->resize(x.shape());
-    backend::copy(Backend{}, gy.data(), gy.size(), gx->data());
+    backend_ops<Backend>::copy(gy.data(), gy.size(), gx->data());
   }
 
   void jvp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache&,
            const tensor<T, Backend>& dx, tensor<T, Backend>& dy) const {
     dy.resize(output_shape(x.shape()));
-    backend::copy(Backend{}, dx.data(), dx.size(), dy.data());
+    backend_ops<Backend>::copy(dx.data(), dx.size(), dy.data());
   }
 
   void collect_state(state_list<T, Backend>&, const std::string&) {}

@@ -62,7 +62,7 @@ void fill_uniform(tensor<T, Backend>& t, std::mt19937_64& rng, double bound) {
   std::uniform_real_distribution<double> dist(-bound, bound);
   std::vector<T> v(static_cast<std::size_t>(t.size()));
   for (auto& e : v) e = static_cast<T>(dist(rng));
-  backend::copy_from_host(Backend{}, v.data(), t.size(), t.data());
+  backend_ops<Backend>::copy_from_host(v.data(), t.size(), t.data());
 }
 
 /// Throws std::invalid_argument naming the layer and both shapes.

@@ -99,7 +99,7 @@ class max_pool2d {
     T* ys = y.data();
     index_t* arg = c.argmax.data();
     // One invocation per output row (fixed n, c, oh).
-    backend::for_each_index(Backend{}, y.dim(0) * y.dim(1) * Ho, [=] OPNORM_HD(index_t r) {
+    backend_ops<Backend>::for_each_index(y.dim(0) * y.dim(1) * Ho, [=] OPNORM_HD(index_t r) {
       const index_t oh = r % Ho, plane = r / Ho;
       const index_t top = plane * H * W + oh * s * W;
       if (k == 2)
@@ -121,7 +121,7 @@ class max_pool2d {
     T* out = gx->data();
     // Windows may overlap (stride < kernel), so one invocation owns a whole
     // (n, c) plane: it is the only writer there and adds in a fixed order.
-    backend::for_each_index(Backend{}, x.dim(0) * x.dim(1), [=] OPNORM_HD(index_t p) {
+    backend_ops<Backend>::for_each_index(x.dim(0) * x.dim(1), [=] OPNORM_HD(index_t p) {
       T* dst = out + p * plane_in;
       for (index_t i = 0; i < plane_in; ++i) dst[i] = T(0);
       for (index_t o = p * plane_out; o < (p + 1) * plane_out; ++o) out[arg[o]] += g[o];
@@ -134,7 +134,7 @@ class max_pool2d {
     const T* d = dx.data();
     const index_t* arg = c.argmax.data();
     T* out = dy.data();
-    backend::for_each_index(Backend{}, y.size(), [=] OPNORM_HD(index_t o) { out[o] = d[arg[o]]; });
+    backend_ops<Backend>::for_each_index(y.size(), [=] OPNORM_HD(index_t o) { out[o] = d[arg[o]]; });
   }
 
   void collect_state(state_list<T, Backend>&, const std::string&) {}

@@ -18,7 +18,7 @@ class relu {
     y.resize(x.shape());
     const T* xs = x.data();
     T* ys = y.data();
-    backend::for_each_index(Backend{}, x.size(),
+    backend_ops<Backend>::for_each_index(x.size(),
                             [=] OPNORM_HD(index_t i) { ys[i] = xs[i] > T(0) ? xs[i] : T(0); });
   }
 
@@ -35,7 +35,10 @@ class relu {
   void collect_state(state_list<T, Backend>&, const std::string&) {}
   void initialize(std::mt19937_64&) {}
 
- private:
+  // The helpers below launch OPNORM_HD kernels, and nvcc rejects an extended
+  // lambda inside a private or protected member function, so they are
+  // public; they are not part of the interface.
+ public:
   // out = in where x > 0, else 0 (the derivative at exactly 0 is taken as 0,
   // as PyTorch does).
   static void mask(const tensor<T, Backend>& x, const tensor<T, Backend>& in,
@@ -44,7 +47,7 @@ class relu {
     const T* xs = x.data();
     const T* is = in.data();
     T* os = out.data();
-    backend::for_each_index(Backend{}, x.size(),
+    backend_ops<Backend>::for_each_index(x.size(),
                             [=] OPNORM_HD(index_t i) {
                               // Load unconditionally: a load under the condition
                               // keeps the compiler from vectorizing, and the

@@ -76,7 +76,10 @@ class standardize {
   /// The statistics are data, not parameters: nothing to draw.
   void initialize(std::mt19937_64&) {}
 
- private:
+  // The helpers below launch OPNORM_HD kernels, and nvcc rejects an extended
+  // lambda inside a private or protected member function, so they are
+  // public; they are not part of the interface.
+ public:
   // out[n][c][...] = f(in[n][c][...], c'), with c' = c, or 0 when one value
   // serves every channel. One invocation per (n, c) row of contiguous pixels.
   template <class F>
@@ -85,7 +88,7 @@ class standardize {
     const bool shared = channels() == 1;
     const T* is = in.data();
     T* os = out.data();
-    backend::for_each_index(Backend{}, in.dim(0) * C, [=] OPNORM_HD(index_t r) {
+    backend_ops<Backend>::for_each_index(in.dim(0) * C, [=] OPNORM_HD(index_t r) {
       const index_t c = shared ? 0 : r % C;
       const T* src = is + r * S;
       T* dst = os + r * S;
@@ -93,6 +96,7 @@ class standardize {
     });
   }
 
+ private:
   tensor<T, Backend> mean_, std_;
 };
 

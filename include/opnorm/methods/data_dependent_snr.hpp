@@ -127,13 +127,18 @@ struct data_dependent_snr {
     return {ce + penalty, correct, n};
   }
 
-  // sum_i ||r_i||^2 / n, accumulated in double on the host.
+  // sum_i ||r_i||^2 / n, accumulated in double on the backend.
+ public:  // nvcc rejects extended lambdas in private member functions
   template <class T, class B>
   static double squared_norm_mean(const tensor<T, B>& r, index_t n) {
-    double s = 0;
-    for (T e : r.to_vector()) s += static_cast<double>(e) * static_cast<double>(e);
+    const T* rs = r.data();
+    const double s = backend_ops<B>::template sum<double>(r.size(), [=] OPNORM_HD(index_t i) {
+      return static_cast<double>(rs[i]) * static_cast<double>(rs[i]);
+    });
     return s / static_cast<double>(n);
   }
+
+ private:
 
   detail::workspace_cache cache_;
   std::uint64_t step_ = 0;

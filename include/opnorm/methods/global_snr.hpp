@@ -75,7 +75,7 @@ class global_snr {
       penalty += lambda / 2 * static_cast<double>(sigma) * static_cast<double>(sigma);
       const index_t rows = p.value->dim(0), cols = p.value->size() / rows;
       // grad (rows x cols) += lambda sigma u v^T: a rank-one GEMM.
-      backend::gemm(Backend{}, false, false, rows, cols, 1, static_cast<T>(lambda) * sigma, u.data(), 1, v_.data(),
+      backend_ops<Backend>::gemm(false, false, rows, cols, 1, static_cast<T>(lambda) * sigma, u.data(), 1, v_.data(),
                     cols, T(1), p.grad->data(), cols);
     }
     return penalty;

@@ -58,27 +58,26 @@ struct batch_result {
 
 /// The number of rows of logits (n, classes) whose largest entry is at the
 /// label. Ties go to the first maximal class, as torch.argmax does; a row
-/// holding a NaN counts as wrong. Works on a host copy: n * classes values.
+/// holding a NaN counts as wrong. Counted on the backend: one integer
+/// reaches the host.
 template <class T, class B>
 index_t count_correct(const tensor<T, B>& logits, const label_tensor<B>& labels) {
   const index_t n = logits.dim(0), k = logits.example_size();
   if (labels.size() != n)
     throw std::invalid_argument("opnorm::count_correct: " + std::to_string(labels.size()) +
                                 " labels for " + std::to_string(n) + " examples");
-  const std::vector<T> z = logits.to_vector();
-  const std::vector<std::int32_t> y = labels.to_vector();
-  index_t correct = 0;
-  for (index_t i = 0; i < n; ++i) {
-    const T* row = z.data() + i * k;
+  const T* z = logits.data();
+  const std::int32_t* y = labels.data();
+  return backend_ops<B>::template sum<index_t>(n, [=] OPNORM_HD(index_t i) {
+    const T* row = z + i * k;
     index_t best = 0;
     bool has_nan = row[0] != row[0];
     for (index_t j = 1; j < k; ++j) {
       if (row[j] > row[best]) best = j;
       has_nan = has_nan || row[j] != row[j];
     }
-    if (best == y[static_cast<std::size_t>(i)] && !has_nan) ++correct;
-  }
-  return correct;
+    return index_t(best == y[i] && !has_nan);
+  });
 }
 
 namespace detail {

@@ -21,9 +21,9 @@ struct batch_transfer {
   void to_backend() {
     if constexpr (!same_memory) {
       device_images_.resize(host_images.shape());
-      backend::copy_from_host(B{}, host_images.data(), host_images.size(), device_images_.data());
+      backend_ops<B>::copy_from_host(host_images.data(), host_images.size(), device_images_.data());
       device_labels_.resize(host_labels.shape());
-      backend::copy_from_host(B{}, host_labels.data(), host_labels.size(), device_labels_.data());
+      backend_ops<B>::copy_from_host(host_labels.data(), host_labels.size(), device_labels_.data());
     }
   }
 

@@ -150,7 +150,7 @@ class sgd {
       T* w = s.parameters[t].value->data();
       const T* grad = s.parameters[t].grad->data();
       T* buf = use_momentum ? momentum_[t].data() : nullptr;
-      backend::for_each_index(Backend{}, s.parameters[t].value->size(), [=] OPNORM_HD(index_t i) {
+      backend_ops<Backend>::for_each_index(s.parameters[t].value->size(), [=] OPNORM_HD(index_t i) {
         const T g = grad[i] + wd * w[i];
         T d = g;
         if (buf) {
@@ -249,7 +249,7 @@ class adam {
       const T* grad = s.parameters[k].grad->data();
       T* m = exp_avg_[k].data();
       T* v = exp_avg_sq_[k].data();
-      backend::for_each_index(Backend{}, s.parameters[k].value->size(), [=] OPNORM_HD(index_t i) {
+      backend_ops<Backend>::for_each_index(s.parameters[k].value->size(), [=] OPNORM_HD(index_t i) {
         const T g = grad[i] + wd * w[i];
         const T mi = b1 * m[i] + one_minus_b1 * g;
         const T vi = b2 * v[i] + one_minus_b2 * g * g;

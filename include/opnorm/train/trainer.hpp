@@ -172,7 +172,7 @@ class finite_gradient_check {
     dots_.resize({static_cast<index_t>(s.parameters.size())});
     for (std::size_t k = 0; k < s.parameters.size(); ++k) {
       const index_t n = s.parameters[k].grad->size();
-      backend::gemm(B{}, false, false, 1, 1, n, T(1), s.parameters[k].grad->data(), n, zeros_.data(), 1, T(0),
+      backend_ops<B>::gemm(false, false, 1, 1, n, T(1), s.parameters[k].grad->data(), n, zeros_.data(), 1, T(0),
                     dots_.data() + k, 1);
     }
     const std::vector<T> dots = dots_.to_vector();

@@ -83,7 +83,7 @@ class staged_state {
   }
 
   void commit() {
-    for (auto& t : tensors_) backend::copy_from_host(B{}, t.values.data(), t.target->size(), t.target->data());
+    for (auto& t : tensors_) backend_ops<B>::copy_from_host(t.values.data(), t.target->size(), t.target->data());
     for (const auto& [target, value] : counters_) *target = value;
   }
 

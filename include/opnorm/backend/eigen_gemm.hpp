@@ -1,0 +1,113 @@
+#pragma once
+// Row-major GEMMs on host memory through Eigen, shared by every backend whose
+// memory the host can read (cpu, thrust<omp>, thrust<cpp>). `threaded` says
+// whether batches may be spread over OpenMP threads.
+#include <algorithm>
+#include <vector>
+
+#include <Eigen/Core>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "../detail/config.hpp"
+
+namespace opnorm::backend::eigen {
+
+template <class T>
+using row_major = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <class T>
+using cmap = Eigen::Map<const row_major<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
+template <class T>
+using mmap = Eigen::Map<row_major<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
+
+/// The OpenMP threads a parallel region opened here would get: 1 inside a
+/// region already, or when threading is not wanted.
+inline int available_threads(bool threaded) {
+#ifdef _OPENMP
+  if (threaded && !omp_in_parallel()) return omp_get_max_threads();
+#endif
+  (void)threaded;
+  return 1;
+}
+
+/// Runs f(i) for i in [0, n) on `threads` OpenMP threads (static schedule).
+template <class F>
+inline void run_tasks(int threads, index_t n, F&& f) {
+#ifdef _OPENMP
+  if (threads > 1 && n > 1) {
+#pragma omp parallel for schedule(static) num_threads(threads)
+    for (index_t i = 0; i < n; ++i) f(i);
+    return;
+  }
+#endif
+  (void)threads;
+  for (index_t i = 0; i < n; ++i) f(i);
+}
+
+// Whether a batch of GEMMs with this many multiply-adds pays for waking
+// threads. Below it the fork/join costs more than it saves, and on a
+// loaded machine spinning OpenMP workers make it much worse (the
+// finite-difference tests, thousands of tiny GEMMs, ran 100x slower).
+inline bool worth_threads(index_t multiply_adds) { return multiply_adds >= (index_t{1} << 18); }
+
+/// C = alpha * op(A) op(B) + beta * C, row-major, one call into Eigen.
+template <class T>
+inline void gemm(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a, index_t lda,
+                 const T* b, index_t ldb, T beta, T* c, index_t ldc) {
+  cmap<T> A(a, trans_a ? k : m, trans_a ? m : k, Eigen::OuterStride<>(lda));
+  cmap<T> B(b, trans_b ? n : k, trans_b ? k : n, Eigen::OuterStride<>(ldb));
+  mmap<T> C(c, m, n, Eigen::OuterStride<>(ldc));
+  if (beta == T(0))
+    C.setZero();
+  else if (beta != T(1))
+    C *= beta;
+  if (!trans_a && !trans_b)
+    C.noalias() += alpha * A * B;
+  else if (trans_a && !trans_b)
+    C.noalias() += alpha * A.transpose() * B;
+  else if (!trans_a && trans_b)
+    C.noalias() += alpha * A * B.transpose();
+  else
+    C.noalias() += alpha * A.transpose() * B.transpose();
+}
+
+/// count independent GEMMs C_i = alpha op(A_i) op(B_i) + beta C_i, with
+/// A_i = a + i*stride_a and so on. A stride of 0 shares one operand.
+template <class T>
+inline void gemm_batched(bool threaded, bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha,
+                         const T* a, index_t lda, index_t stride_a, const T* b, index_t ldb, index_t stride_b,
+                         T beta, T* c, index_t ldc, index_t stride_c, index_t count) {
+  const int threads = worth_threads(m * n * k * count) ? available_threads(threaded) : 1;
+  run_tasks(threads, count, [&](index_t i) {
+    gemm(trans_a, trans_b, m, n, k, alpha, a + i * stride_a, lda, b + i * stride_b, ldb, beta, c + i * stride_c, ldc);
+  });
+}
+
+/// C = alpha * sum_i op(A_i) op(B_i) + beta * C. The sum is split into a
+/// fixed number of contiguous chunks (one per thread) and the chunks are
+/// added in order, so the result is bit-reproducible for a given thread count.
+template <class T>
+inline void gemm_batched_sum(bool threaded, bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha,
+                             const T* a, index_t lda, index_t stride_a, const T* b, index_t ldb, index_t stride_b,
+                             T beta, T* c, index_t ldc, index_t count) {
+  const int threads = worth_threads(m * n * k * count) ? available_threads(threaded) : 1;
+  const index_t chunks = std::max<index_t>(1, std::min<index_t>(threads, count));
+  std::vector<row_major<T>> partial(static_cast<std::size_t>(chunks));
+  run_tasks(threads, chunks, [&](index_t t) {
+    auto& p = partial[static_cast<std::size_t>(t)];
+    p.setZero(m, n);
+    const index_t begin = count * t / chunks, end = count * (t + 1) / chunks;
+    for (index_t i = begin; i < end; ++i)
+      gemm(trans_a, trans_b, m, n, k, T(1), a + i * stride_a, lda, b + i * stride_b, ldb, T(1), p.data(), n);
+  });
+  mmap<T> C(c, m, n, Eigen::OuterStride<>(ldc));
+  if (beta == T(0))
+    C.setZero();
+  else if (beta != T(1))
+    C *= beta;
+  for (auto& p : partial) C += alpha * p;
+}
+
+}  // namespace opnorm::backend::eigen

@@ -9,29 +9,38 @@
 
 #include <opnorm/sequential.hpp>
 
+#include "test_backends.hpp"
+
 namespace opnorm::testing {
 
+// The helpers take tensors on any backend whose memory the host can read:
+// the cpu backend and the Thrust host systems.
 using tensor_d = tensor<double>;
 
-inline tensor_d random_tensor(const shape_t& shape, std::mt19937_64& rng, double lo = -1.0,
-                              double hi = 1.0) {
+template <class B = backend::cpu>
+tensor<double, B> random_tensor(const shape_t& shape, std::mt19937_64& rng, double lo = -1.0, double hi = 1.0) {
   std::uniform_real_distribution<double> d(lo, hi);
-  tensor_d t(shape);
+  tensor<double, B> t(shape);
   for (index_t i = 0; i < t.size(); ++i) t[i] = d(rng);
   return t;
 }
 
-inline double dot(const tensor_d& a, const tensor_d& b) {
+template <class B>
+double dot(const tensor<double, B>& a, const tensor<double, B>& b) {
   REQUIRE(a.size() == b.size());
   double s = 0;
   for (index_t i = 0; i < a.size(); ++i) s += a[i] * b[i];
   return s;
 }
 
-inline double norm(const tensor_d& a) { return std::sqrt(dot(a, a)); }
+template <class B>
+double norm(const tensor<double, B>& a) {
+  return std::sqrt(dot(a, a));
+}
 
 /// ||a - b|| / max(||a||, ||b||), 0 when both are 0.
-inline double relative_error(const tensor_d& a, const tensor_d& b) {
+template <class B>
+double relative_error(const tensor<double, B>& a, const tensor<double, B>& b) {
   REQUIRE(a.shape() == b.shape());
   double diff = 0;
   for (index_t i = 0; i < a.size(); ++i) diff += (a[i] - b[i]) * (a[i] - b[i]);
@@ -40,9 +49,9 @@ inline double relative_error(const tensor_d& a, const tensor_d& b) {
 }
 
 /// Central differences of objective() with respect to every entry of t.
-template <class Objective>
-tensor_d finite_difference_gradient(tensor_d& t, Objective&& objective, double h = 1e-6) {
-  tensor_d fd(t.shape());
+template <class B, class Objective>
+tensor<double, B> finite_difference_gradient(tensor<double, B>& t, Objective&& objective, double h = 1e-6) {
+  tensor<double, B> fd(t.shape());
   for (index_t i = 0; i < t.size(); ++i) {
     const double keep = t[i];
     t[i] = keep + h;
@@ -59,13 +68,15 @@ tensor_d finite_difference_gradient(tensor_d& t, Objective&& objective, double h
 /// against central finite differences with step h. The scalar probed is
 /// <gy, f(x)> for a random gy, so every output contributes.
 template <class Layer>
-void check_layer(Layer& layer, const tensor_d& x, mode m, double tolerance = 1e-6, double h = 1e-6,
-                 std::uint64_t seed = 7) {
+void check_layer(Layer& layer, const tensor<double, typename Layer::backend_type>& x, mode m, double tolerance = 1e-6,
+                 double h = 1e-6, std::uint64_t seed = 7) {
+  using B = typename Layer::backend_type;
+  using tensor_d = tensor<double, B>;
   std::mt19937_64 rng(seed);
   typename Layer::cache cache;
   tensor_d y;
   layer.forward(x, y, cache, m);
-  const tensor_d gy = random_tensor(y.shape(), rng);
+  const tensor_d gy = random_tensor<B>(y.shape(), rng);
 
   auto probe = [&](const tensor_d& input) {
     typename Layer::cache c;
@@ -75,7 +86,7 @@ void check_layer(Layer& layer, const tensor_d& x, mode m, double tolerance = 1e-
   };
 
   // Parameter gradients accumulate; start from zero.
-  state_list<double, backend::cpu> state;
+  state_list<double, B> state;
   layer.collect_state(state, "");
   for (auto& p : state.parameters) p.grad->set_zero();
 
@@ -95,7 +106,7 @@ void check_layer(Layer& layer, const tensor_d& x, mode m, double tolerance = 1e-
     }
   }
   SUBCASE("jvp") {
-    const tensor_d dx = random_tensor(x.shape(), rng);
+    const tensor_d dx = random_tensor<B>(x.shape(), rng);
     tensor_d jv;
     layer.forward(x, y, cache, m);
     layer.jvp(x, y, cache, dx, jv);

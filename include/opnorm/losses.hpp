@@ -79,6 +79,7 @@ struct softmax_cross_entropy {
   static void require(bool ok, const std::string& what) {
     if (!ok) throw std::invalid_argument("opnorm::" + what);
   }
+ public:  // nvcc rejects extended lambdas in private member functions
   // Counts the labels outside [0, classes) on the backend; only when there
   // is one is the label tensor copied to the host, to name it.
   template <class B>

@@ -262,6 +262,11 @@ struct backend_ops<backend::thrust<backend::system::cuda>> {
   using storage = ::thrust::cuda::vector<T>;
   static constexpr bool host_accessible = false;
 
+  static cudaStream_t stream() { return backend::detail::cuda_context::current().stream; }
+  static cublasHandle_t handle() { return backend::detail::cuda_context::current().handle; }
+  // No synchronization after each kernel: the stream orders the work.
+  static auto policy() { return ::thrust::cuda::par_nosync.on(stream()); }
+
   template <class T>
   static storage<T> allocate(index_t n) {
     return storage<T>(static_cast<std::size_t>(n));
@@ -294,7 +299,7 @@ struct backend_ops<backend::thrust<backend::system::cuda>> {
 
   template <class T>
   static void fill(T* x, index_t n, T value) {
-    if (n > 0) ::thrust::fill_n(policy(), ::thrust::device_pointer_cast(x), n, value);
+    if (n > 0) ::thrust::fill_n(policy(), x, n, value);
   }
   template <class T>
   static void copy(const T* src, index_t n, T* dst) {
@@ -352,12 +357,6 @@ struct backend_ops<backend::thrust<backend::system::cuda>> {
            ldc);
   }
 
-  static cudaStream_t stream() { return backend::detail::cuda_context::current().stream; }
-  static cublasHandle_t handle() { return backend::detail::cuda_context::current().handle; }
-
- private:
-  // No synchronization after each kernel: the stream orders the work.
-  static auto policy() { return ::thrust::cuda::par_nosync.on(stream()); }
 };
 
 #endif  // __CUDACC__

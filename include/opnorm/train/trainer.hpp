@@ -136,21 +136,25 @@ inline std::mt19937_64 augmentation_engine(std::uint64_t seed, index_t epoch) {
   return std::mt19937_64(words);
 }
 
+/// The number of entries of t that are NaN or infinite, counted on t's
+/// backend: one integer reaches the host. x - x is 0 exactly when x is
+/// finite (inf - inf and NaN - NaN are NaN), which needs no math library in
+/// device code.
+template <class T, class B>
+index_t count_non_finite(const tensor<T, B>& t) {
+  const T* v = t.data();
+  return backend_ops<B>::template sum<index_t>(t.size(), [=] OPNORM_HD(index_t i) { return index_t(!(v[i] - v[i] == T(0))); });
+}
+
 /// The name of the first model tensor (parameter or buffer) holding a NaN
-/// or infinity, or an empty string. Works on host copies; the trainer calls
-/// it once per epoch, where its cost is negligible.
+/// or infinity, or an empty string.
 template <class Model>
 std::string first_non_finite_tensor(Model& model) {
   auto state = model.state();
-  auto finite = [](const auto& t) {
-    for (const auto v : t.to_vector())
-      if (!std::isfinite(static_cast<double>(v))) return false;
-    return true;
-  };
   for (const auto& p : state.parameters)
-    if (!finite(*p.value)) return p.name;
+    if (count_non_finite(*p.value) > 0) return p.name;
   for (const auto& b : state.buffers)
-    if (!finite(*b.value)) return b.name;
+    if (count_non_finite(*b.value) > 0) return b.name;
   return {};
 }
 
@@ -158,31 +162,17 @@ inline constexpr const char* diverged_note =
     "; training stopped before this step's update, checkpoints already written were left as they were";
 
 /// Finds parameters whose gradient holds a NaN or an infinity, reading each
-/// gradient once on its own backend and copying one scalar per tensor to the
-/// host: the GEMM <g, 0> is exactly 0 when every entry of g is finite and NaN
-/// otherwise (0 * inf and 0 * NaN are NaN).
+/// gradient once on its own backend and copying one integer per tensor to
+/// the host.
 template <class T, class B>
 class finite_gradient_check {
  public:
   /// The name of the first parameter with a non-finite gradient, or "".
   std::string first_non_finite(const state_list<T, B>& s) {
-    index_t largest = 0;
-    for (const auto& p : s.parameters) largest = std::max(largest, p.grad->size());
-    if (zeros_.size() < largest) zeros_ = tensor<T, B>({largest}, T(0));
-    dots_.resize({static_cast<index_t>(s.parameters.size())});
-    for (std::size_t k = 0; k < s.parameters.size(); ++k) {
-      const index_t n = s.parameters[k].grad->size();
-      backend_ops<B>::gemm(false, false, 1, 1, n, T(1), s.parameters[k].grad->data(), n, zeros_.data(), 1, T(0),
-                    dots_.data() + k, 1);
-    }
-    const std::vector<T> dots = dots_.to_vector();
-    for (std::size_t k = 0; k < dots.size(); ++k)
-      if (!std::isfinite(static_cast<double>(dots[k]))) return s.parameters[k].name;
+    for (const auto& p : s.parameters)
+      if (count_non_finite(*p.grad) > 0) return p.name;
     return {};
   }
-
- private:
-  tensor<T, B> zeros_, dots_;
 };
 
 inline std::string format_number(double v) {

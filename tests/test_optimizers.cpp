@@ -11,6 +11,8 @@
 #include <opnorm/train/optimizers.hpp>
 #include <opnorm/train/schedules.hpp>
 
+#include "test_backends.hpp"
+
 using namespace opnorm;
 using tensor_d = tensor<double>;
 using vec = std::vector<double>;
@@ -18,11 +20,12 @@ using vec = std::vector<double>;
 namespace {
 
 // One parameter tensor w with gradient g, as a model's state() would list it.
+template <class B = backend::cpu>
 struct one_parameter {
-  tensor_d w = tensor_d::from_vector({3}, {1.0, -2.0, 0.25});
-  tensor_d g = tensor_d({3}, 0.0);
-  state_list<double, backend::cpu> state() {
-    state_list<double, backend::cpu> s;
+  tensor<double, B> w = tensor<double, B>::from_vector({3}, {1.0, -2.0, 0.25});
+  tensor<double, B> g = tensor<double, B>({3}, 0.0);
+  state_list<double, B> state() {
+    state_list<double, B> s;
     s.parameters.push_back({"w", &w, &g});
     return s;
   }
@@ -30,7 +33,8 @@ struct one_parameter {
 
 const std::vector<vec> gradients = {{0.5, 0.25, -3.0}, {-1.0, 2.0, 0.0}, {0.125, -0.5, 4.0}};
 
-void check_close(const tensor_d& actual, const vec& expected) {
+template <class B>
+void check_close(const tensor<double, B>& actual, const vec& expected) {
   REQUIRE(actual.size() == static_cast<index_t>(expected.size()));
   for (std::size_t i = 0; i < expected.size(); ++i) {
     CAPTURE(i);
@@ -39,18 +43,19 @@ void check_close(const tensor_d& actual, const vec& expected) {
 }
 
 // Runs the three gradients through opt, checking w after every step.
-template <class Optimizer>
-void check_trajectory(one_parameter& p, Optimizer& opt, const std::vector<vec>& expected) {
+template <class B, class Optimizer>
+void check_trajectory(one_parameter<B>& p, Optimizer& opt, const std::vector<vec>& expected) {
   for (std::size_t k = 0; k < gradients.size(); ++k) {
     CAPTURE(k);
-    p.g = tensor_d::from_vector({3}, gradients[k]);
+    p.g = tensor<double, B>::from_vector({3}, gradients[k]);
     opt.step(p);
     check_close(p.w, expected[k]);
   }
   CHECK(opt.steps() == 3);
 }
 
-const tensor_d& buffer(state_list<double, backend::cpu>& s, const std::string& name) {
+template <class B>
+const tensor<double, B>& buffer(state_list<double, B>& s, const std::string& name) {
   for (auto& b : s.buffers)
     if (b.name == name) return *b.value;
   FAIL("no optimizer buffer named " << name);
@@ -59,9 +64,9 @@ const tensor_d& buffer(state_list<double, backend::cpu>& s, const std::string& n
 
 }  // namespace
 
-TEST_CASE("sgd without momentum is w -= lr * grad and keeps no buffers") {
-  one_parameter p;
-  sgd<double> opt(p.state(), {0.5, 0.0, 0.0, false});
+TEST_CASE_TEMPLATE("sgd without momentum is w -= lr * grad and keeps no buffers", B, OPNORM_TEST_BACKENDS) {
+  one_parameter<B> p;
+  sgd<double, B> opt(p.state(), {0.5, 0.0, 0.0, false});
   check_trajectory(p, opt, {{0.75, -2.125, 1.75}, {1.25, -3.125, 1.75}, {1.1875, -2.875, -0.25}});
   auto s = opt.state();
   CHECK(s.buffers.empty());
@@ -70,24 +75,24 @@ TEST_CASE("sgd without momentum is w -= lr * grad and keeps no buffers") {
   CHECK(*s.counters[0].value == 3);
 }
 
-TEST_CASE("sgd with momentum and coupled weight decay follows torch.optim.SGD") {
+TEST_CASE_TEMPLATE("sgd with momentum and coupled weight decay follows torch.optim.SGD", B, OPNORM_TEST_BACKENDS) {
   // By hand, first coordinate: g = 0.5 + 0.1 * 1 = 0.6, buf = g (first step
   // starts the buffer at the gradient), w = 1 - 0.5 * 0.6 = 0.7; then
   // g = -1 + 0.1 * 0.7 = -0.93, buf = 0.9 * 0.6 - 0.93 = -0.39,
   // w = 0.7 + 0.5 * 0.39 = 0.895.
-  one_parameter p;
-  sgd<double> opt(p.state(), {0.5, 0.9, 0.1, false});
+  one_parameter<B> p;
+  sgd<double, B> opt(p.state(), {0.5, 0.9, 0.1, false});
   check_trajectory(p, opt,
                    {{0.7, -2.025, 1.7375}, {0.895, -2.94625, 2.989375}, {0.96325, -3.3780625, 1.96659375}});
   auto s = opt.state();
   check_close(buffer(s, "w.momentum_buffer"), {-0.1365, 0.863625, 2.0455625});
 }
 
-TEST_CASE("sgd with Nesterov momentum follows torch.optim.SGD(nesterov=True)") {
+TEST_CASE_TEMPLATE("sgd with Nesterov momentum follows torch.optim.SGD(nesterov=True)", B, OPNORM_TEST_BACKENDS) {
   // By hand, first coordinate of step 1: g = 0.6, buf = 0.6,
   // d = g + 0.9 * buf = 1.14, w = 1 - 0.57 = 0.43.
-  one_parameter p;
-  sgd<double> opt(p.state(), {0.5, 0.9, 0.1, true});
+  one_parameter<B> p;
+  sgd<double, B> opt(p.state(), {0.5, 0.9, 0.1, true});
   check_trajectory(p, opt,
                    {{0.43, -2.0475, 3.07625},
                     {1.09615, -3.7732375, 3.98888125},
@@ -96,12 +101,12 @@ TEST_CASE("sgd with Nesterov momentum follows torch.optim.SGD(nesterov=True)") {
   check_close(buffer(s, "w.momentum_buffer"), {-0.140685, 0.77890125, 2.266000625});
 }
 
-TEST_CASE("adam follows torch.optim.Adam, bias correction included") {
+TEST_CASE_TEMPLATE("adam follows torch.optim.Adam, bias correction included", B, OPNORM_TEST_BACKENDS) {
   // By hand, step 1: m = 0.1 g, v = 0.001 g^2, so m / (1 - 0.9) = g and
   // sqrt(v / (1 - 0.999)) = |g|: w -= 0.1 * g / (|g| + 1e-8), e.g.
   // 1 - 0.1 * 0.5 / (0.5 + 1e-8) = 0.900000002.
-  one_parameter p;
-  adam<double> opt(p.state(), adam_options{0.1, 0.9, 0.999, 1e-8, 0.0});
+  one_parameter<B> p;
+  adam<double, B> opt(p.state(), adam_options{0.1, 0.9, 0.999, 1e-8, 0.0});
   check_trajectory(p, opt,
                    {{0.900000002, -2.099999996, 0.3499999996666667},
                     {0.9366103542405654, -2.1821465712571055, 0.41700582476437303},
@@ -112,9 +117,9 @@ TEST_CASE("adam follows torch.optim.Adam, bias correction included") {
   CHECK(*s.counters.at(0).value == 3);
 }
 
-TEST_CASE("adam with weight decay, other betas and a large epsilon follows torch.optim.Adam") {
-  one_parameter p;
-  adam<double> opt(p.state(), adam_options{0.1, 0.8, 0.99, 1e-3, 0.1});
+TEST_CASE_TEMPLATE("adam with weight decay, other betas and a large epsilon follows torch.optim.Adam", B, OPNORM_TEST_BACKENDS) {
+  one_parameter<B> p;
+  adam<double, B> opt(p.state(), adam_options{0.1, 0.8, 0.99, 1e-3, 0.1});
   check_trajectory(p, opt,
                    {{0.9001663893510815, -2.0980392156862746, 0.3499663978494624},
                     {0.9310893554257633, -2.1780671232014717, 0.4120183828406888},
@@ -130,7 +135,7 @@ TEST_CASE("optimizer state copied into a fresh optimizer continues the same traj
   // restored, then the remaining steps. Adam's bias correction depends on the
   // step counter, so a lost counter would show here.
   auto run = [](auto make, int split) {
-    one_parameter p;
+    one_parameter<> p;
     auto opt = make(p);
     for (int k = 0; k < split; ++k) {
       p.g = tensor_d::from_vector({3}, gradients[static_cast<std::size_t>(k)]);
@@ -150,8 +155,8 @@ TEST_CASE("optimizer state copied into a fresh optimizer continues the same traj
     }
     return p.w.to_vector();
   };
-  auto make_adam = [](one_parameter& p) { return adam<double>(p.state(), adam_options{0.1, 0.9, 0.999, 1e-8, 0.01}); };
-  auto make_sgd = [](one_parameter& p) { return sgd<double>(p.state(), {0.5, 0.9, 0.1, true}); };
+  auto make_adam = [](one_parameter<>& p) { return adam<double>(p.state(), adam_options{0.1, 0.9, 0.999, 1e-8, 0.01}); };
+  auto make_sgd = [](one_parameter<>& p) { return sgd<double>(p.state(), {0.5, 0.9, 0.1, true}); };
   CHECK(run(make_adam, 1) == run(make_adam, 3));
   CHECK(run(make_adam, 2) == run(make_adam, 3));
   CHECK(run(make_sgd, 1) == run(make_sgd, 3));
@@ -192,7 +197,7 @@ TEST_CASE("optimizers run in float") {
 }
 
 TEST_CASE("optimizer options are validated") {
-  one_parameter p;
+  one_parameter<> p;
   CHECK_THROWS_WITH_AS(sgd<double>(p.state(), {0.1, 1.0, 0.0, false}),
                        "opnorm::sgd: momentum must lie in [0, 1)", std::invalid_argument);
   CHECK_THROWS_WITH_AS(sgd<double>(p.state(), {0.1, 0.0, 0.0, true}),

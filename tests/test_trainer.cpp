@@ -27,6 +27,8 @@
 #include <opnorm/sequential.hpp>
 #include <opnorm/train/train.hpp>
 
+#include "test_backends.hpp"
+
 using namespace opnorm;
 namespace fs = std::filesystem;
 
@@ -448,23 +450,23 @@ TEST_CASE("fit checks its inputs before the first step") {
   CHECK(optimizer.steps() == 0);
 }
 
-TEST_CASE("softmax cross-entropy: gradient matches finite differences in double") {
+TEST_CASE_TEMPLATE("softmax cross-entropy: gradient matches finite differences in double", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(19);
   std::normal_distribution<double> normal(0.0, 3.0);
-  tensor<double> z({5, 7});
+  tensor<double, B> z({5, 7});
   for (index_t i = 0; i < z.size(); ++i) z[i] = normal(rng);
-  const label_tensor<> y = label_tensor<>::from_vector({5}, {0, 6, 3, 3, 1});
+  const label_tensor<B> y = label_tensor<B>::from_vector({5}, {0, 6, 3, 3, 1});
   for (const reduction r : {reduction::mean, reduction::sum}) {
-    tensor<double> g;
+    tensor<double, B> g;
     softmax_cross_entropy::evaluate(z, y, &g, r);
-    tensor<double> zp = z;
+    tensor<double, B> zp = z;
     const double h = 1e-6;
     double diff = 0, scale = 0;
     for (index_t i = 0; i < z.size(); ++i) {
       zp[i] = z[i] + h;
-      const double up = softmax_cross_entropy::evaluate(zp, y, static_cast<tensor<double>*>(nullptr), r);
+      const double up = softmax_cross_entropy::evaluate(zp, y, static_cast<tensor<double, B>*>(nullptr), r);
       zp[i] = z[i] - h;
-      const double down = softmax_cross_entropy::evaluate(zp, y, static_cast<tensor<double>*>(nullptr), r);
+      const double down = softmax_cross_entropy::evaluate(zp, y, static_cast<tensor<double, B>*>(nullptr), r);
       zp[i] = z[i];
       const double fd = (up - down) / (2 * h);
       diff += (fd - g[i]) * (fd - g[i]);
@@ -474,12 +476,12 @@ TEST_CASE("softmax cross-entropy: gradient matches finite differences in double"
   }
 }
 
-TEST_CASE("softmax cross-entropy is exact and finite for logits around 1e4") {
+TEST_CASE_TEMPLATE("softmax cross-entropy is exact and finite for logits around 1e4", B, OPNORM_TEST_BACKENDS) {
   // Naive exp(1e4) overflows; the shifted log-sum-exp gives
   // log(1 + e + e^-2) exactly for logits (1e4, 1e4 + 1, 1e4 - 2), label 0.
-  const tensor<double> z = tensor<double>::from_vector({2, 3}, {1e4, 1e4 + 1, 1e4 - 2, -1e4, 1e4, 0.0});
-  const label_tensor<> y = label_tensor<>::from_vector({2}, {0, 0});
-  tensor<double> g, per_example;
+  const tensor<double, B> z = tensor<double, B>::from_vector({2, 3}, {1e4, 1e4 + 1, 1e4 - 2, -1e4, 1e4, 0.0});
+  const label_tensor<B> y = label_tensor<B>::from_vector({2}, {0, 0});
+  tensor<double, B> g, per_example;
   softmax_cross_entropy::evaluate(z, y, &g, reduction::sum, &per_example);
   CHECK(per_example[0] == doctest::Approx(std::log(1 + std::exp(1.0) + std::exp(-2.0))).epsilon(1e-14));
   CHECK(per_example[1] == doctest::Approx(2e4).epsilon(1e-15));  // -log softmax = 1e4 - (-1e4)
@@ -491,15 +493,15 @@ TEST_CASE("softmax cross-entropy is exact and finite for logits around 1e4") {
   for (index_t i = 0; i < g.size(); ++i) CHECK(std::isfinite(g[i]));
 
   // The same in float, where exp overflows already at 89.
-  const tensor<float> zf = tensor<float>::from_vector({1, 3}, {1e4f, 1e4f + 1, 1e4f - 2});
-  const float lf = softmax_cross_entropy::evaluate(zf, label_tensor<>::from_vector({1}, {0}),
-                                                   static_cast<tensor<float>*>(nullptr), reduction::mean);
+  const tensor<float, B> zf = tensor<float, B>::from_vector({1, 3}, {1e4f, 1e4f + 1, 1e4f - 2});
+  const float lf = softmax_cross_entropy::evaluate(zf, label_tensor<B>::from_vector({1}, {0}),
+                                                   static_cast<tensor<float, B>*>(nullptr), reduction::mean);
   CHECK(lf == doctest::Approx(std::log(1 + std::exp(1.0) + std::exp(-2.0))).epsilon(1e-6));
 }
 
-TEST_CASE("count_correct takes the first maximal class and counts NaN rows as wrong") {
-  const tensor<double> z = tensor<double>::from_vector(
+TEST_CASE_TEMPLATE("count_correct takes the first maximal class and counts NaN rows as wrong", B, OPNORM_TEST_BACKENDS) {
+  const tensor<double, B> z = tensor<double, B>::from_vector(
       {3, 3}, {1.0, 1.0, 0.0, 0.0, 2.0, 1.0, 0.0, std::numeric_limits<double>::quiet_NaN(), 1.0});
-  CHECK(count_correct(z, label_tensor<>::from_vector({3}, {0, 1, 2})) == 2);
-  CHECK(count_correct(z, label_tensor<>::from_vector({3}, {1, 1, 2})) == 1);
+  CHECK(count_correct(z, label_tensor<B>::from_vector({3}, {0, 1, 2})) == 2);
+  CHECK(count_correct(z, label_tensor<B>::from_vector({3}, {1, 1, 2})) == 1);
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """PyTorch counterparts of bench/bench_steps.cpp: the same steps on the same
-network (fmnist_cnn, float, batch 128), written the way a PyTorch user
-writes them.
+network (fmnist_cnn, float, batch 128 unless --batch says otherwise), written
+the way a PyTorch user writes them.
 
   standard   train-mode forward, cross-entropy, backward, SGD-momentum update
   pga10      10 l2-PGA iterations (eps 1.75, alpha = 2 eps / 10) in eval mode
@@ -16,6 +16,18 @@ writes them.
   jac_svd    torch.autograd.functional.jacobian (10 x 784, one image) +
              torch.linalg.svd (thin: the full spectrum, U 10x10, V^T 10x784)
 
+--batch sets the batch of the training steps (standard, pga10, ddsnr10,
+gsnr1); bench_steps' pga10_b1024 and ddsnr10_b1024 are pga10 and ddsnr10
+with --batch 1024. infer1000 and jac_svd have fixed sizes.
+
+--device cuda runs everything on the GPU (model, data and the attack's
+tensors created there). GPU work is asynchronous, so every step ends with
+torch.cuda.synchronize() inside the timed region, as every step of the
+opnorm side ends with a stream synchronization: both sides time finished
+work, per step. PyTorch's defaults are kept (cuDNN may use TF32 for
+convolutions on Ampere and later GPUs; matmuls stay fp32); --strict-fp32
+turns TF32 off everywhere, which is what opnorm's cuBLAS SGEMM computes.
+
 Timing mirrors Google Benchmark's: warm up for --warmup-time seconds, pick
 an iteration count whose block lasts at least --min-time seconds, run
 --repetitions blocks and report the median of the block means, in wall-clock
@@ -25,6 +37,7 @@ Run with /usr/bin/python3 (the interpreter that has torch). Usually started by
 bench/compare.py; alone:
 
   OMP_NUM_THREADS=2 /usr/bin/python3 bench/torch_steps.py --steps standard pga10
+  python3 bench/torch_steps.py --device cuda --batch 1024 --steps pga10 ddsnr10
 """
 import argparse
 import json
@@ -37,12 +50,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-BATCH = 128
+BATCH = 128  # training steps; --batch changes it
+DEVICE = torch.device("cpu")  # --device changes it
 EPS = 1.75  # pixel units ([0, 1] inputs)
 DDSNR_LAMBDA = 0.03
 GSNR_LAMBDA = 3e-4
 FASHION_MNIST_MEAN, FASHION_MNIST_STD = 0.2860, 0.3530
 STEPS = ["standard", "pga10", "ddsnr10", "gsnr1", "infer1000", "jac_svd"]
+TRAINING_STEPS = {"standard", "pga10", "ddsnr10", "gsnr1"}  # the steps --batch applies to
 
 
 class Standardize(nn.Module):
@@ -82,10 +97,10 @@ class Setup:
 
     def __init__(self):
         torch.manual_seed(0)
-        self.model = fmnist_cnn()
+        self.model = fmnist_cnn().to(DEVICE)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
-        self.x = torch.rand(BATCH, 1, 28, 28)
-        self.y = torch.randint(0, 10, (BATCH,))
+        self.x = torch.rand(BATCH, 1, 28, 28, device=DEVICE)
+        self.y = torch.randint(0, 10, (BATCH,), device=DEVICE)
 
     def train_on(self, loss_of_model):
         self.model.train()
@@ -113,7 +128,7 @@ def make_pga10():
         s.model.eval()
         # Random start, uniform in the l2 ball: Gaussian direction, radius eps U^(1/d).
         d = x[0].numel()
-        radius = EPS * torch.rand(x.shape[0]).pow(1.0 / d).view(-1, 1, 1, 1)
+        radius = EPS * torch.rand(x.shape[0], device=x.device).pow(1.0 / d).view(-1, 1, 1, 1)
         x_adv = (x + radius * normalize(torch.randn_like(x))).clamp(0, 1)
         for _ in range(iterations):
             x_adv.requires_grad_(True)
@@ -166,7 +181,7 @@ def make_ddsnr10():
 def make_gsnr1():
     s = Setup()
     weights = [p for name, p in s.model.named_parameters() if name.endswith("weight") and p.dim() >= 2]
-    left = [F.normalize(torch.randn(w.shape[0]), dim=0) for w in weights]
+    left = [F.normalize(torch.randn(w.shape[0], device=DEVICE), dim=0) for w in weights]
 
     def step():
         s.train_on(lambda m: F.cross_entropy(m(s.x), s.y))
@@ -183,8 +198,8 @@ def make_gsnr1():
 
 def make_infer1000():
     torch.manual_seed(0)
-    model = fmnist_cnn().eval()
-    x = torch.rand(1000, 1, 28, 28)
+    model = fmnist_cnn().to(DEVICE).eval()
+    x = torch.rand(1000, 1, 28, 28, device=DEVICE)
 
     def step():
         with torch.no_grad():
@@ -194,8 +209,8 @@ def make_infer1000():
 
 def make_jac_svd():
     torch.manual_seed(0)
-    model = fmnist_cnn().eval()
-    x = torch.rand(1, 1, 28, 28)
+    model = fmnist_cnn().to(DEVICE).eval()
+    x = torch.rand(1, 1, 28, 28, device=DEVICE)
 
     def step():
         jacobian = torch.autograd.functional.jacobian(lambda z: model(z).squeeze(0), x)
@@ -205,6 +220,18 @@ def make_jac_svd():
 
 MAKERS = {"standard": make_standard, "pga10": make_pga10, "ddsnr10": make_ddsnr10,
           "gsnr1": make_gsnr1, "infer1000": make_infer1000, "jac_svd": make_jac_svd}
+
+
+def synchronized(step):
+    """step followed by a wait for the GPU, so that a timed step is finished
+    work (on the CPU, step itself)."""
+    if DEVICE.type != "cuda":
+        return step
+
+    def step_and_wait():
+        step()
+        torch.cuda.synchronize()
+    return step_and_wait
 
 
 def timed_block(step, iterations):
@@ -251,6 +278,7 @@ def loaded_library(fragment):
 
 
 def main():
+    global BATCH, DEVICE
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", nargs="+", default=STEPS, choices=STEPS)
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "0")) or os.cpu_count(),
@@ -258,21 +286,42 @@ def main():
     parser.add_argument("--repetitions", type=int, default=5)
     parser.add_argument("--min-time", type=float, default=0.5, help="seconds per repetition, at least")
     parser.add_argument("--warmup-time", type=float, default=0.5, help="untimed seconds before measuring")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--batch", type=int, default=BATCH, help="batch of the training steps (default 128)")
+    parser.add_argument("--strict-fp32", action="store_true",
+                        help="turn TF32 off for cuDNN convolutions and cuBLAS matmuls (GPU only)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = parser.parse_args()
+
+    BATCH = args.batch
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda":
+        if not torch.cuda.is_available():
+            sys.exit(f"torch_steps.py: --device cuda, but torch {torch.__version__} sees no CUDA device "
+                     f"(torch.version.cuda = {torch.version.cuda})")
+        if args.strict_fp32:
+            torch.backends.cudnn.allow_tf32 = False
+            torch.backends.cuda.matmul.allow_tf32 = False
 
     torch.set_num_threads(args.threads)
     results = {}
     for name in args.steps:
-        results[name] = measure(MAKERS[name](), args.repetitions, args.min_time, args.warmup_time)
+        results[name] = measure(synchronized(MAKERS[name]()), args.repetitions, args.min_time, args.warmup_time)
+        results[name]["batch"] = BATCH if name in TRAINING_STEPS else None
     info = {"torch": torch.__version__, "threads": torch.get_num_threads(),
             "blas": loaded_library("libblas") or loaded_library("openblas") or "unknown",
-            "mkldnn": torch.backends.mkldnn.is_available()}
+            "mkldnn": torch.backends.mkldnn.is_available(), "device": args.device}
+    if DEVICE.type == "cuda":
+        info.update({"device_name": torch.cuda.get_device_name(DEVICE), "cuda": torch.version.cuda,
+                     "cudnn": torch.backends.cudnn.version(),
+                     "cudnn_allow_tf32": torch.backends.cudnn.allow_tf32,
+                     "matmul_allow_tf32": torch.backends.cuda.matmul.allow_tf32})
     if args.json:
         json.dump({"info": info, "results": results}, sys.stdout, indent=1)
         print()
         return
-    print(f"torch {info['torch']}, {info['threads']} threads, BLAS {info['blas']}")
+    where = info.get("device_name", "CPU")
+    print(f"torch {info['torch']} on {where}, {info['threads']} threads, BLAS {info['blas']}, batch {BATCH}")
     for name, r in results.items():
         print(f"{name:10s} {r['median_ms']:10.2f} ms wall {r['median_cpu_ms']:10.2f} ms CPU"
               f"  ({r['iterations']} steps x {len(r['repetition_ms'])})")

@@ -1,7 +1,8 @@
 // The attack suite, the way attack libraries test their attacks: feasibility,
 // eps = 0, steepest-ascent optimality on an analytic linear model, batch
 // consistency, no side effects, monotone strength, the random start's
-// distribution, and no NaN from a zero gradient. Double precision.
+// distribution, and no NaN from a zero gradient. Double precision, on every
+// backend; the norm-generic checks run for each (norm, backend) pair.
 #include "gradient_check.hpp"
 
 #include <algorithm>
@@ -16,17 +17,21 @@ using namespace opnorm::testing;
 
 namespace {
 
-using mlp = sequential<dense<double>, batch_norm<double>, relu<double>, dense<double>>;
-using linear_model = sequential<dense<double>>;
+template <class B>
+using mlp = sequential<dense<double, B>, batch_norm<double, B>, relu<double, B>, dense<double, B>>;
+template <class B>
+using linear_model = sequential<dense<double, B>>;
 
-mlp make_mlp(std::uint64_t seed, index_t d = 12, index_t classes = 3) {
-  mlp net(dense<double>(d, 16), batch_norm<double>(16), relu<double>(), dense<double>(16, classes));
+template <class B>
+mlp<B> make_mlp(std::uint64_t seed, index_t d = 12, index_t classes = 3) {
+  mlp<B> net(dense<double, B>(d, 16), batch_norm<double, B>(16), relu<double, B>(), dense<double, B>(16, classes));
   net.initialize(seed);
   return net;
 }
 
 // Two Gaussian blobs per class in [0,1]^d, labels by the nearest centre.
-void make_blobs(index_t n, index_t d, index_t classes, std::uint64_t seed, tensor_d& x, label_tensor<>& y) {
+template <class B>
+void make_blobs(index_t n, index_t d, index_t classes, std::uint64_t seed, tensor<double, B>& x, label_tensor<B>& y) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<double> noise(0.0, 0.08);
   std::uniform_int_distribution<int> pick(0, static_cast<int>(classes) - 1);
@@ -34,8 +39,8 @@ void make_blobs(index_t n, index_t d, index_t classes, std::uint64_t seed, tenso
   std::uniform_real_distribution<double> u(0.2, 0.8);
   for (auto& c : centres)
     for (auto& e : c) e = u(rng);
-  x = tensor_d({n, d});
-  y = label_tensor<>({n});
+  x = tensor<double, B>({n, d});
+  y = label_tensor<B>({n});
   for (index_t i = 0; i < n; ++i) {
     const int c = pick(rng);
     y[i] = c;
@@ -44,9 +49,10 @@ void make_blobs(index_t n, index_t d, index_t classes, std::uint64_t seed, tenso
 }
 
 // Plain full-batch gradient descent, enough to make a model worth attacking.
-void train(mlp& net, const tensor_d& x, const label_tensor<>& y, int steps) {
-  mlp::tape t;
-  tensor_d g;
+template <class B>
+void train(mlp<B>& net, const tensor<double, B>& x, const label_tensor<B>& y, int steps) {
+  typename mlp<B>::tape t;
+  tensor<double, B> g;
   for (int s = 0; s < steps; ++s) {
     net.zero_grad();
     softmax_cross_entropy::evaluate(net.forward(x, t, mode::train), y, &g);
@@ -56,26 +62,28 @@ void train(mlp& net, const tensor_d& x, const label_tensor<>& y, int steps) {
   }
 }
 
-double accuracy(mlp& net, const tensor_d& x, const label_tensor<>& y) {
+template <class B>
+double accuracy(mlp<B>& net, const tensor<double, B>& x, const label_tensor<B>& y) {
   const auto predicted = argmax_rows(net.predict(x));
   index_t c = 0;
   for (index_t i = 0; i < y.size(); ++i) c += predicted[static_cast<std::size_t>(i)] == y[i];
   return static_cast<double>(c) / static_cast<double>(y.size());
 }
 
+template <class B>
 struct trained_fixture {
-  tensor_d x;
-  label_tensor<> y;
-  mlp net = make_mlp(1);
+  tensor<double, B> x;
+  label_tensor<B> y;
+  mlp<B> net = make_mlp<B>(1);
   trained_fixture() {
     make_blobs(200, 12, 3, 2, x, y);
     train(net, x, y, 300);
   }
 };
 
-template <class Norm>
-std::vector<double> distances(const tensor_d& a, const tensor_d& b) {
-  tensor_d diff, out;
+template <class Norm, class B>
+std::vector<double> distances(const tensor<double, B>& a, const tensor<double, B>& b) {
+  tensor<double, B> diff, out;
   subtract(a, b, diff);
   Norm::norms(diff, out);
   return out.to_vector();
@@ -83,8 +91,10 @@ std::vector<double> distances(const tensor_d& a, const tensor_d& b) {
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("perturbations are feasible: inside the eps-ball and the box", Norm, l2, linf) {
-  trained_fixture f;
+TEST_CASE_TEMPLATE_DEFINE("perturbations are feasible: inside the eps-ball and the box", C, feasible) {
+  using Norm = typename C::policy;
+  using B = typename C::backend;
+  trained_fixture<B> f;
   REQUIRE(accuracy(f.net, f.x, f.y) > 0.9);
   for (double eps : {0.05, 0.3, 2.0}) {
     attack_options<double> o;
@@ -100,9 +110,12 @@ TEST_CASE_TEMPLATE("perturbations are feasible: inside the eps-ball and the box"
     }
   }
 }
+TEST_CASE_TEMPLATE_APPLY(feasible, test_backends::cross<l2, linf>);
 
-TEST_CASE_TEMPLATE("eps = 0 returns x exactly", Norm, l2, linf) {
-  trained_fixture f;
+TEST_CASE_TEMPLATE_DEFINE("eps = 0 returns x exactly", C, eps_zero) {
+  using Norm = typename C::policy;
+  using B = typename C::backend;
+  trained_fixture<B> f;
   attack_options<double> o;
   o.eps = 0;
   const auto r = make_pga<Norm>(f.net, o)(f.x, f.y);
@@ -110,14 +123,18 @@ TEST_CASE_TEMPLATE("eps = 0 returns x exactly", Norm, l2, linf) {
   const auto clean = argmax_rows(f.net.predict(f.x));
   for (index_t i = 0; i < f.y.size(); ++i) CHECK(r.success[static_cast<std::size_t>(i)] == (clean[static_cast<std::size_t>(i)] != f.y[i]));
 }
+TEST_CASE_TEMPLATE_APPLY(eps_zero, test_backends::cross<l2, linf>);
 
-TEST_CASE_TEMPLATE("on a linear model one step is the analytic steepest-ascent solution", Norm, l2, linf) {
+TEST_CASE_TEMPLATE_DEFINE("on a linear model one step is the analytic steepest-ascent solution", C, steepest_ascent) {
+  using Norm = typename C::policy;
+  using B = typename C::backend;
+  using tensor_t = tensor<double, B>;
   const index_t d = 6, k = 4, n = 5;
-  linear_model net(dense<double>(d, k));
+  linear_model<B> net(dense<double, B>(d, k));
   net.initialize(9);
   std::mt19937_64 rng(4);
-  const tensor_d x = random_tensor({n, d}, rng, 0.3, 0.7);
-  label_tensor<> y({n});
+  const tensor_t x = random_tensor<B>({n, d}, rng, 0.3, 0.7);
+  label_tensor<B> y({n});
   for (index_t i = 0; i < n; ++i) y[i] = static_cast<std::int32_t>(i % k);
   const double eps = 0.01;  // small enough that the box never binds
 
@@ -125,9 +142,9 @@ TEST_CASE_TEMPLATE("on a linear model one step is the analytic steepest-ascent s
   const auto r = fgm(x, y);
 
   // Analytic input gradient of the cross-entropy: g = W^T (softmax(Wx + b) - e_y).
-  const auto& W = net.layer<0>().weight();
-  const tensor_d z = net.predict(x);
-  tensor_d g({n, d}, 0.0);
+  const auto& W = net.template layer<0>().weight();
+  const tensor_t z = net.predict(x);
+  tensor_t g({n, d}, 0.0);
   for (index_t i = 0; i < n; ++i) {
     double m = z(i, 0), s = 0;
     for (index_t j = 1; j < k; ++j) m = std::max(m, z(i, j));
@@ -137,9 +154,9 @@ TEST_CASE_TEMPLATE("on a linear model one step is the analytic steepest-ascent s
       for (index_t c = 0; c < d; ++c) g(i, c) += p * W(j, c);
     }
   }
-  tensor_d g_norm;
+  tensor_t g_norm;
   l2_norms(g, g_norm);
-  tensor_d dual;
+  tensor_t dual;
   Norm::dual_norms(g, dual);
   for (index_t i = 0; i < n; ++i) {
     for (index_t c = 0; c < d; ++c) {
@@ -150,7 +167,7 @@ TEST_CASE_TEMPLATE("on a linear model one step is the analytic steepest-ascent s
     double achieved = 0;
     for (index_t c = 0; c < d; ++c) achieved += g(i, c) * (r.adversarial(i, c) - x(i, c));
     CHECK(achieved == doctest::Approx(eps * dual[i]).epsilon(1e-10));
-    tensor_d probe;
+    tensor_t probe;
     for (std::uint64_t s = 0; s < 50; ++s) {
       Norm::random_in_ball(x, eps, s, probe);
       double value = 0;
@@ -159,17 +176,20 @@ TEST_CASE_TEMPLATE("on a linear model one step is the analytic steepest-ascent s
     }
   }
 }
+TEST_CASE_TEMPLATE_APPLY(steepest_ascent, test_backends::cross<l2, linf>);
 
-TEST_CASE_TEMPLATE("attacking example i inside a batch equals attacking it alone", Norm, l2, linf) {
-  trained_fixture f;
+TEST_CASE_TEMPLATE_DEFINE("attacking example i inside a batch equals attacking it alone", C, batch_consistency) {
+  using Norm = typename C::policy;
+  using B = typename C::backend;
+  trained_fixture<B> f;
   attack_options<double> o;
   o.eps = 0.4;
   o.iterations = 5;
   o.restarts = 2;
   o.seed = 77;
   auto attack = make_pga<Norm>(f.net, o);
-  const tensor_d xb = slice_rows(f.x, 0, 16);
-  const label_tensor<> yb = slice_rows(f.y, 0, 16);
+  const tensor<double, B> xb = slice_rows(f.x, 0, 16);
+  const label_tensor<B> yb = slice_rows(f.y, 0, 16);
   const auto batch = attack(xb, yb);
   for (index_t i : {0, 5, 15}) {
     const auto alone = attack(slice_rows(xb, i, i + 1), slice_rows(yb, i, i + 1));
@@ -177,9 +197,11 @@ TEST_CASE_TEMPLATE("attacking example i inside a batch equals attacking it alone
     CHECK(alone.success[0] == batch.success[static_cast<std::size_t>(i)]);
   }
 }
+TEST_CASE_TEMPLATE_APPLY(batch_consistency, test_backends::cross<l2, linf>);
 
-TEST_CASE("an attack leaves inputs, weights and BatchNorm running statistics unchanged") {
-  trained_fixture f;
+TEST_CASE_TEMPLATE("an attack leaves inputs, weights and BatchNorm running statistics unchanged", B,
+                   OPNORM_TEST_BACKENDS) {
+  trained_fixture<B> f;
   auto state = f.net.state();
   std::vector<std::vector<double>> before;
   for (auto& p : state.parameters) before.push_back(p.value->to_vector());
@@ -201,8 +223,10 @@ TEST_CASE("an attack leaves inputs, weights and BatchNorm running statistics unc
   for (std::size_t c = 0; c < counters.size(); ++c) CHECK(*state.counters[c].value == counters[c]);
 }
 
-TEST_CASE_TEMPLATE("robust accuracy does not increase with eps or with iterations", Norm, l2, linf) {
-  trained_fixture f;
+TEST_CASE_TEMPLATE_DEFINE("robust accuracy does not increase with eps or with iterations", C, monotone) {
+  using Norm = typename C::policy;
+  using B = typename C::backend;
+  trained_fixture<B> f;
   const double scale = std::is_same_v<Norm, l2> ? 1.0 : 0.25;
   attack_options<double> base;
   base.iterations = 10;
@@ -222,19 +246,21 @@ TEST_CASE_TEMPLATE("robust accuracy does not increase with eps or with iteration
   CAPTURE(by_iterations);
   for (std::size_t i = 1; i < by_iterations.size(); ++i) CHECK(by_iterations[i] <= by_iterations[i - 1]);
 }
+TEST_CASE_TEMPLATE_APPLY(monotone, test_backends::cross<l2, linf>);
 
-TEST_CASE("the l2 random start is uniform in the ball") {
+TEST_CASE_TEMPLATE("the l2 random start is uniform in the ball", B, OPNORM_TEST_BACKENDS) {
+  using tensor_t = tensor<double, B>;
   // For U(B_eps) in d dimensions, P(||delta|| <= r) = (r / eps)^d, so
   // (||delta|| / eps)^d is U(0, 1): check its quantiles (a Kolmogorov-Smirnov
   // distance), and that directions are centred.
   const index_t n = 4000, d = 3;
   std::mt19937_64 rng(12);
-  const tensor_d x = random_tensor({n, d}, rng, 0.0, 1.0);  // distinct rows => distinct streams
+  const tensor_t x = random_tensor<B>({n, d}, rng, 0.0, 1.0);  // distinct rows => distinct streams
   const double eps = 0.7;
-  tensor_d delta;
+  tensor_t delta;
   l2::random_in_ball(x, eps, 5, delta);
   std::vector<double> u;
-  for (double r : distances<l2>(delta, tensor_d({n, d}, 0.0))) {
+  for (double r : distances<l2>(delta, tensor_t({n, d}, 0.0))) {
     REQUIRE(r <= eps * (1 + 1e-12));
     u.push_back(std::pow(r / eps, static_cast<double>(d)));
   }
@@ -256,11 +282,13 @@ TEST_CASE("the l2 random start is uniform in the ball") {
   CHECK(mean_abs == doctest::Approx(eps / 2).epsilon(0.03));
 }
 
-TEST_CASE_TEMPLATE("a zero gradient never produces NaN", Norm, l2, linf) {
-  mlp net = make_mlp(3);
+TEST_CASE_TEMPLATE_DEFINE("a zero gradient never produces NaN", C, zero_gradient) {
+  using Norm = typename C::policy;
+  using B = typename C::backend;
+  mlp<B> net = make_mlp<B>(3);
   for (auto& p : net.state().parameters) p.value->set_zero();  // constant logits: zero input gradient
-  tensor_d x({4, 12}, 0.5);
-  label_tensor<> y({4}, 1);
+  tensor<double, B> x({4, 12}, 0.5);
+  label_tensor<B> y({4}, 1);
   attack_options<double> o;
   o.eps = 0.3;
   const auto r = make_pga<Norm>(net, o)(x, y);
@@ -270,10 +298,11 @@ TEST_CASE_TEMPLATE("a zero gradient never produces NaN", Norm, l2, linf) {
   const auto still = make_pga<Norm>(net, o)(x, y);
   CHECK(still.adversarial.to_vector() == x.to_vector());  // no direction to move in
 }
+TEST_CASE_TEMPLATE_APPLY(zero_gradient, test_backends::cross<l2, linf>);
 
-TEST_CASE("targeted attacks move towards the target class") {
-  trained_fixture f;
-  label_tensor<> target({f.y.size()});
+TEST_CASE_TEMPLATE("targeted attacks move towards the target class", B, OPNORM_TEST_BACKENDS) {
+  trained_fixture<B> f;
+  label_tensor<B> target({f.y.size()});
   for (index_t i = 0; i < f.y.size(); ++i) target[i] = (f.y[i] + 1) % 3;
   attack_options<double> o;
   o.eps = 1.5;

@@ -1,6 +1,6 @@
 // The training methods' parameter gradients against central finite
 // differences of their objectives, with the power-iteration output (v, x*,
-// or the weight singular vectors) held fixed, in double.
+// or the weight singular vectors) held fixed, in double, on every backend.
 #include "gradient_check.hpp"
 
 #include <opnorm/layers/batch_norm.hpp>
@@ -18,34 +18,38 @@ using namespace opnorm::testing;
 
 namespace {
 
-using small_cnn = sequential<conv2d<double>, batch_norm<double>, relu<double>, flatten<double>, dense<double>>;
+template <class B>
+using small_cnn =
+    sequential<conv2d<double, B>, batch_norm<double, B>, relu<double, B>, flatten<double, B>, dense<double, B>>;
 
-small_cnn make_net(std::uint64_t seed) {
-  small_cnn net(conv2d<double>(1, 3, 3, 1, 1), batch_norm<double>(3), relu<double>(), flatten<double>(),
-                dense<double>(3 * 5 * 5, 4));
+template <class B>
+small_cnn<B> make_net(std::uint64_t seed) {
+  small_cnn<B> net(conv2d<double, B>(1, 3, 3, 1, 1), batch_norm<double, B>(3), relu<double, B>(), flatten<double, B>(),
+                   dense<double, B>(3 * 5 * 5, 4));
   net.initialize(seed);
   return net;
 }
 
+template <class B>
 struct fixture {
-  small_cnn net = make_net(3);
-  tensor_d x;
-  label_tensor<> y{4};
+  small_cnn<B> net = make_net<B>(3);
+  tensor<double, B> x;
+  label_tensor<B> y{4};
   fixture() {
     std::mt19937_64 rng(9);
-    x = random_tensor({4, 1, 5, 5}, rng, 0.0, 1.0);
+    x = random_tensor<B>({4, 1, 5, 5}, rng, 0.0, 1.0);
     for (index_t i = 0; i < 4; ++i) y[i] = static_cast<std::int32_t>(i % 4);
   }
 };
 
 // Compares every parameter gradient left in the model with central
 // differences of objective(), which must evaluate the method's loss.
-template <class Objective>
-void check_parameter_gradients(small_cnn& net, Objective objective, double tolerance = 1e-6) {
+template <class B, class Objective>
+void check_parameter_gradients(small_cnn<B>& net, Objective objective, double tolerance = 1e-6) {
   auto state = net.state();
   for (auto& p : state.parameters) {
     CAPTURE(p.name);
-    const tensor_d fd = finite_difference_gradient(*p.value, objective);
+    const tensor<double, B> fd = finite_difference_gradient(*p.value, objective);
     // A conv bias followed by train-mode BatchNorm has an exactly zero
     // gradient (the batch mean removes it); both sides are then rounding noise.
     const bool both_zero = norm(*p.grad) < 1e-9 && norm(fd) < 1e-9;
@@ -53,69 +57,76 @@ void check_parameter_gradients(small_cnn& net, Objective objective, double toler
   }
 }
 
-double cross_entropy(small_cnn& net, const tensor_d& x, const label_tensor<>& y) {
-  small_cnn::tape t;
-  return softmax_cross_entropy::evaluate(net.forward(x, t, mode::train), y, static_cast<tensor_d*>(nullptr));
+template <class B>
+double cross_entropy(small_cnn<B>& net, const tensor<double, B>& x, const label_tensor<B>& y) {
+  typename small_cnn<B>::tape t;
+  return softmax_cross_entropy::evaluate(net.forward(x, t, mode::train), y, static_cast<tensor<double, B>*>(nullptr));
 }
 
 }  // namespace
 
-TEST_CASE("data-dependent SNR (Eq. 9): gradients match finite differences with v held fixed") {
-  fixture f;
+TEST_CASE_TEMPLATE("data-dependent SNR (Eq. 9): gradients match finite differences with v held fixed", B,
+                   OPNORM_TEST_BACKENDS) {
+  using tensor_t = tensor<double, B>;
+  using net_t = small_cnn<B>;
+  fixture<B> f;
   data_dependent_snr<> method;
   method.lambda = 0.7;
   method.eps = 0.3;
-  tensor_d v;
+  tensor_t v;
   l2::random_direction(f.x, 4, v);
-  tensor_d probe = f.x;
+  tensor_t probe = f.x;
   for (index_t i = 0; i < probe.size(); ++i) probe[i] += method.eps * v[i];
 
   f.net.zero_grad();
-  small_cnn::tape tape;
+  typename net_t::tape tape;
   const batch_result r = method.accumulate_gradients_at(f.net, tape, f.x, probe, f.y);
 
   auto objective = [&] {
-    small_cnn::tape a, b;
-    const tensor_d clean = f.net.forward(f.x, a, mode::train);
-    const tensor_d& perturbed = f.net.forward(probe, b, mode::train);
+    typename net_t::tape a, b;
+    const tensor_t clean = f.net.forward(f.x, a, mode::train);
+    const tensor_t& perturbed = f.net.forward(probe, b, mode::train);
     double penalty = 0;
     for (index_t i = 0; i < clean.size(); ++i) penalty += (perturbed[i] - clean[i]) * (perturbed[i] - clean[i]);
-    return softmax_cross_entropy::evaluate(clean, f.y, static_cast<tensor_d*>(nullptr)) + method.lambda / 2 * penalty / 4;
+    return softmax_cross_entropy::evaluate(clean, f.y, static_cast<tensor_t*>(nullptr)) + method.lambda / 2 * penalty / 4;
   };
   CHECK(r.loss == doctest::Approx(objective()).epsilon(1e-12));
   check_parameter_gradients(f.net, objective);
 }
 
-TEST_CASE("data-dependent SNR, Jacobian form (Eq. 8): gradients match finite differences with v held fixed") {
-  fixture f;
+TEST_CASE_TEMPLATE("data-dependent SNR, Jacobian form (Eq. 8): gradients match finite differences with v held fixed", B,
+                   OPNORM_TEST_BACKENDS) {
+  using tensor_t = tensor<double, B>;
+  using net_t = small_cnn<B>;
+  fixture<B> f;
   data_dependent_snr<> method;
   method.lambda = 0.9;
   method.regularizer = data_dependent_snr<>::form::jacobian;
   // Eval-mode BatchNorm with non-trivial running statistics and scale.
   {
-    small_cnn::tape warm;
+    typename net_t::tape warm;
     f.net.forward(f.x, warm, mode::train);
-    f.net.layer<1>().weight()[1] = 1.7;
+    f.net.template layer<1>().weight()[1] = 1.7;
   }
-  tensor_d v;
+  tensor_t v;
   l2::random_direction(f.x, 6, v);
 
   // A train-mode pass updates the running statistics the eval-mode Jacobian
   // depends on, so every train-mode pass below runs on a copy: the objective
   // and the method then see the same eval-mode Jacobian.
   auto objective = [&] {
-    small_cnn::tape at_x;
+    typename net_t::tape at_x;
     f.net.forward(f.x, at_x, mode::eval);
-    tensor_d jv;
+    tensor_t jv;
     f.net.jvp(at_x, v, jv);
-    small_cnn copy = f.net;
+    net_t copy = f.net;
     return cross_entropy(copy, f.x, f.y) + method.lambda / 2 * dot(jv, jv) / 4;
   };
   const double expected = objective();
 
-  small_cnn trained = f.net;
+  net_t trained = f.net;
   trained.zero_grad();
-  small_cnn::tape tape;
+  typename net_t::tape tape;
   const batch_result r = method.accumulate_jacobian_gradients_at(trained, tape, f.x, v, f.y);
   CHECK(r.loss == doctest::Approx(expected).epsilon(1e-12));
   auto from = trained.state();
@@ -124,16 +135,19 @@ TEST_CASE("data-dependent SNR, Jacobian form (Eq. 8): gradients match finite dif
   check_parameter_gradients(f.net, objective);
 }
 
-TEST_CASE("adversarial training (Eq. 10 and Madry): gradients match finite differences with x* held fixed") {
+TEST_CASE_TEMPLATE("adversarial training (Eq. 10 and Madry): gradients match finite differences with x* held fixed", B,
+                   OPNORM_TEST_BACKENDS) {
+  using tensor_t = tensor<double, B>;
+  using net_t = small_cnn<B>;
   for (auto form : {adversarial<>::objective::clean_plus_adversarial, adversarial<>::objective::adversarial_only}) {
-    fixture f;
+    fixture<B> f;
     adversarial<> method;
     method.lambda = 0.6;
     method.form = form;
     std::mt19937_64 rng(2);
-    const tensor_d x_adv = random_tensor(f.x.shape(), rng, 0.0, 1.0);
+    const tensor_t x_adv = random_tensor<B>(f.x.shape(), rng, 0.0, 1.0);
     f.net.zero_grad();
-    small_cnn::tape tape;
+    typename net_t::tape tape;
     const batch_result r = method.accumulate_gradients_at(f.net, tape, f.x, x_adv, f.y);
     auto objective = [&] {
       const double adv = cross_entropy(f.net, x_adv, f.y);
@@ -144,15 +158,17 @@ TEST_CASE("adversarial training (Eq. 10 and Madry): gradients match finite diffe
   }
 }
 
-TEST_CASE("adversarial training's attack stays in the ball and does not change the model") {
-  fixture f;
+TEST_CASE_TEMPLATE("adversarial training's attack stays in the ball and does not change the model", B,
+                   OPNORM_TEST_BACKENDS) {
+  using net_t = small_cnn<B>;
+  fixture<B> f;
   adversarial<> method;
   method.eps = 0.5;
   method.iterations = 3;
   auto state = f.net.state();
   const std::vector<double> mean_before = state.buffers[0].value->to_vector();
   f.net.zero_grad();
-  small_cnn::tape tape;
+  typename net_t::tape tape;
   const batch_result r = method.accumulate_gradients(f.net, tape, f.x, f.y);
   CHECK(std::isfinite(r.loss));
   CHECK(r.examples == 4);
@@ -162,9 +178,11 @@ TEST_CASE("adversarial training's attack stays in the ball and does not change t
   CHECK(state.buffers[0].value->to_vector() != mean_before);
 }
 
-TEST_CASE("global SNR: the added gradient is lambda sigma u v^T, the gradient of lambda/2 (u^T W v)^2") {
-  fixture f;
-  global_snr<double> method(f.net, 0.8, 3, 11);
+TEST_CASE_TEMPLATE("global SNR: the added gradient is lambda sigma u v^T, the gradient of lambda/2 (u^T W v)^2", B,
+                   OPNORM_TEST_BACKENDS) {
+  using tensor_t = tensor<double, B>;
+  fixture<B> f;
+  global_snr<double, B> method(f.net, 0.8, 3, 11);
   f.net.zero_grad();
   const double penalty = method.add_penalty_gradients(f.net);
   REQUIRE(method.last_sigma().size() == 2);  // the conv kernel and the dense weight; BN's rank-1 weight is skipped
@@ -183,13 +201,13 @@ TEST_CASE("global SNR: the added gradient is lambda sigma u v^T, the gradient of
     const double sigma = method.last_sigma().at(p.name);
     sum += method.lambda / 2 * sigma * sigma;
     // Recover v = W^T u / ||W^T u|| for this u: one more half-iteration.
-    tensor_d* u = nullptr;
+    tensor_t* u = nullptr;
     for (auto& b : vectors.buffers)
       if (b.name == p.name + ".u") u = b.value;
     REQUIRE(u);
     const index_t rows = p.value->dim(0), cols = p.value->size() / rows;
     // The gradient must be rank one: lambda sigma u v^T, with v of unit norm.
-    tensor_d v({cols}, 0.0);
+    tensor_t v({cols}, 0.0);
     for (index_t c = 0; c < cols; ++c) v[c] = (*p.grad)[c] / (method.lambda * sigma * (*u)[0]);
     double v_norm = 0;
     for (index_t c = 0; c < cols; ++c) v_norm += v[c] * v[c];
@@ -218,9 +236,10 @@ TEST_CASE("global SNR: the added gradient is lambda sigma u v^T, the gradient of
   for (std::size_t i = 0; i < once.size(); ++i) CHECK(again[i] == doctest::Approx(once[i]).epsilon(1e-6));
 }
 
-TEST_CASE("the regularizer is not silently zero with default settings") {
-  fixture f;
-  small_cnn::tape tape;
+TEST_CASE_TEMPLATE("the regularizer is not silently zero with default settings", B, OPNORM_TEST_BACKENDS) {
+  using net_t = small_cnn<B>;
+  fixture<B> f;
+  typename net_t::tape tape;
   f.net.zero_grad();
   const double plain = standard{}.accumulate_gradients(f.net, tape, f.x, f.y).loss;
   data_dependent_snr<> dd;
@@ -228,7 +247,7 @@ TEST_CASE("the regularizer is not silently zero with default settings") {
   const double with_dd = dd.accumulate_gradients(f.net, tape, f.x, f.y).loss;
   CHECK(dd.lambda > 0);
   CHECK(with_dd > plain);
-  global_snr<double> gs(f.net);
+  global_snr<double, B> gs(f.net);
   f.net.zero_grad();
   const double with_gs = gs.accumulate_gradients(f.net, tape, f.x, f.y).loss;
   CHECK(gs.lambda > 0);

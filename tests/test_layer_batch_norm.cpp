@@ -9,74 +9,80 @@ namespace {
 
 // A batch_norm whose parameters and running statistics are all non-trivial,
 // so that every one of them takes part in the checks.
-batch_norm<double> make_layer(index_t features, bool affine, std::mt19937_64& rng) {
-  batch_norm<double> layer(features, affine);
+template <class B>
+batch_norm<double, B> make_layer(index_t features, bool affine, std::mt19937_64& rng) {
+  batch_norm<double, B> layer(features, affine);
   if (affine) {
-    layer.weight() = random_tensor({features}, rng, 0.5, 2.0);
-    layer.bias() = random_tensor({features}, rng);
+    layer.weight() = random_tensor<B>({features}, rng, 0.5, 2.0);
+    layer.bias() = random_tensor<B>({features}, rng);
   }
-  layer.running_mean() = random_tensor({features}, rng);
-  layer.running_var() = random_tensor({features}, rng, 0.3, 3.0);
+  layer.running_mean() = random_tensor<B>({features}, rng);
+  layer.running_var() = random_tensor<B>({features}, rng, 0.3, 3.0);
   return layer;
 }
 
 }  // namespace
 
-TEST_CASE("batch_norm 2d, affine, train mode: vjp and jvp match finite differences") {
+TEST_CASE_TEMPLATE("batch_norm 2d, affine, train mode: vjp and jvp match finite differences", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(1);
-  auto layer = make_layer(3, true, rng);
-  check_layer(layer, random_tensor({3, 3, 4, 5}, rng, -2.0, 3.0), mode::train);
+  auto layer = make_layer<B>(3, true, rng);
+  check_layer(layer, random_tensor<B>({3, 3, 4, 5}, rng, -2.0, 3.0), mode::train);
 }
 
-TEST_CASE("batch_norm 2d, no affine, train mode: vjp and jvp match finite differences") {
+TEST_CASE_TEMPLATE("batch_norm 2d, no affine, train mode: vjp and jvp match finite differences",
+                   B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(2);
-  auto layer = make_layer(4, false, rng);
-  check_layer(layer, random_tensor({2, 4, 3, 3}, rng), mode::train);
+  auto layer = make_layer<B>(4, false, rng);
+  check_layer(layer, random_tensor<B>({2, 4, 3, 3}, rng), mode::train);
 }
 
-TEST_CASE("batch_norm 2d, affine, eval mode: vjp and jvp match finite differences") {
+TEST_CASE_TEMPLATE("batch_norm 2d, affine, eval mode: vjp and jvp match finite differences", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(3);
-  auto layer = make_layer(3, true, rng);
-  check_layer(layer, random_tensor({2, 3, 3, 4}, rng), mode::eval);
+  auto layer = make_layer<B>(3, true, rng);
+  check_layer(layer, random_tensor<B>({2, 3, 3, 4}, rng), mode::eval);
 }
 
-TEST_CASE("batch_norm 2d, no affine, eval mode: vjp and jvp match finite differences") {
+TEST_CASE_TEMPLATE("batch_norm 2d, no affine, eval mode: vjp and jvp match finite differences",
+                   B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(4);
-  auto layer = make_layer(2, false, rng);
-  check_layer(layer, random_tensor({2, 2, 3, 3}, rng), mode::eval);
+  auto layer = make_layer<B>(2, false, rng);
+  check_layer(layer, random_tensor<B>({2, 2, 3, 3}, rng), mode::eval);
 }
 
-TEST_CASE("batch_norm 1d, affine, train mode: vjp and jvp match finite differences") {
+TEST_CASE_TEMPLATE("batch_norm 1d, affine, train mode: vjp and jvp match finite differences", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(5);
-  auto layer = make_layer(5, true, rng);
-  check_layer(layer, random_tensor({6, 5}, rng), mode::train);
+  auto layer = make_layer<B>(5, true, rng);
+  check_layer(layer, random_tensor<B>({6, 5}, rng), mode::train);
 }
 
-TEST_CASE("batch_norm 1d, no affine, train mode: vjp and jvp match finite differences") {
+TEST_CASE_TEMPLATE("batch_norm 1d, no affine, train mode: vjp and jvp match finite differences",
+                   B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(6);
-  auto layer = make_layer(4, false, rng);
-  check_layer(layer, random_tensor({3, 4}, rng), mode::train);
+  auto layer = make_layer<B>(4, false, rng);
+  check_layer(layer, random_tensor<B>({3, 4}, rng), mode::train);
 }
 
-TEST_CASE("batch_norm 1d, affine, eval mode: vjp and jvp match finite differences") {
+TEST_CASE_TEMPLATE("batch_norm 1d, affine, eval mode: vjp and jvp match finite differences", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(7);
-  auto layer = make_layer(5, true, rng);
-  check_layer(layer, random_tensor({4, 5}, rng), mode::eval);
+  auto layer = make_layer<B>(5, true, rng);
+  check_layer(layer, random_tensor<B>({4, 5}, rng), mode::eval);
 }
 
-TEST_CASE("batch_norm train mode: output and running statistics follow PyTorch's rules") {
+TEST_CASE_TEMPLATE("batch_norm train mode: output and running statistics follow PyTorch's rules",
+                   B, OPNORM_TEST_BACKENDS) {
+  using tensor_t = tensor<double, B>;
   const double momentum = 0.3, eps = 1e-3;
-  batch_norm<double> layer(2, true, momentum, eps);
-  layer.weight() = tensor_d::from_vector({2}, {2.0, -0.5});
-  layer.bias() = tensor_d::from_vector({2}, {0.25, 1.0});
-  layer.running_mean() = tensor_d::from_vector({2}, {1.0, -2.0});
-  layer.running_var() = tensor_d::from_vector({2}, {4.0, 0.5});
+  batch_norm<double, B> layer(2, true, momentum, eps);
+  layer.weight() = tensor_t::from_vector({2}, {2.0, -0.5});
+  layer.bias() = tensor_t::from_vector({2}, {0.25, 1.0});
+  layer.running_mean() = tensor_t::from_vector({2}, {1.0, -2.0});
+  layer.running_var() = tensor_t::from_vector({2}, {4.0, 0.5});
   // (N, C, H, W) = (2, 2, 1, 2): channel 0 sees {1, 2, 3, 6}, channel 1 sees {0, -1, 4, 1}.
-  const tensor_d x = tensor_d::from_vector({2, 2, 1, 2}, {1, 2, 0, -1, 3, 6, 4, 1});
+  const tensor_t x = tensor_t::from_vector({2, 2, 1, 2}, {1, 2, 0, -1, 3, 6, 4, 1});
   const double mean[2] = {3.0, 1.0};
   const double sum_sq[2] = {4 + 1 + 0 + 9, 1 + 4 + 9 + 0};  // squared deviations
-  tensor_d y;
-  batch_norm<double>::cache c;
+  tensor_t y;
+  typename batch_norm<double, B>::cache c;
   layer.forward(x, y, c, mode::train);
 
   const double gamma[2] = {2.0, -0.5}, beta[2] = {0.25, 1.0};
@@ -102,12 +108,14 @@ TEST_CASE("batch_norm train mode: output and running statistics follow PyTorch's
   CHECK(layer.num_batches_tracked() == 2);
 }
 
-TEST_CASE("batch_norm train mode: each channel of the output has mean 0 and variance var/(var+eps)") {
+TEST_CASE_TEMPLATE("batch_norm train mode: each channel of the output has mean 0 and variance var/(var+eps)",
+                   B, OPNORM_TEST_BACKENDS) {
+  using tensor_t = tensor<double, B>;
   std::mt19937_64 rng(8);
-  batch_norm<double> layer(3, false);
-  const tensor_d x = random_tensor({5, 3, 4, 4}, rng, -3.0, 7.0);
-  tensor_d y;
-  batch_norm<double>::cache c;
+  batch_norm<double, B> layer(3, false);
+  const tensor_t x = random_tensor<B>({5, 3, 4, 4}, rng, -3.0, 7.0);
+  tensor_t y;
+  typename batch_norm<double, B>::cache c;
   layer.forward(x, y, c, mode::train);
   for (index_t ch = 0; ch < 3; ++ch) {
     double sx = 0, sy = 0, sxx = 0, syy = 0;
@@ -127,14 +135,16 @@ TEST_CASE("batch_norm train mode: each channel of the output has mean 0 and vari
   }
 }
 
-TEST_CASE("batch_norm eval mode: normalizes with the running statistics and changes nothing") {
+TEST_CASE_TEMPLATE("batch_norm eval mode: normalizes with the running statistics and changes nothing",
+                   B, OPNORM_TEST_BACKENDS) {
+  using tensor_t = tensor<double, B>;
   std::mt19937_64 rng(9);
-  auto layer = make_layer(3, true, rng);
-  const tensor_d running_mean = layer.running_mean(), running_var = layer.running_var();
-  const tensor_d gamma = layer.weight(), beta = layer.bias();
-  const tensor_d x = random_tensor({4, 3, 2, 3}, rng);
-  tensor_d y, gx;
-  batch_norm<double>::cache c;
+  auto layer = make_layer<B>(3, true, rng);
+  const tensor_t running_mean = layer.running_mean(), running_var = layer.running_var();
+  const tensor_t gamma = layer.weight(), beta = layer.bias();
+  const tensor_t x = random_tensor<B>({4, 3, 2, 3}, rng);
+  tensor_t y, gx;
+  typename batch_norm<double, B>::cache c;
   layer.forward(x, y, c, mode::eval);
   for (index_t n = 0; n < 4; ++n)
     for (index_t ch = 0; ch < 3; ++ch)
@@ -144,9 +154,9 @@ TEST_CASE("batch_norm eval mode: normalizes with the running statistics and chan
             gamma[ch] * (x[at] - running_mean[ch]) / std::sqrt(running_var[ch] + 1e-5) + beta[ch];
         CHECK(y[at] == doctest::Approx(expected).epsilon(1e-14));
       }
-  layer.vjp(x, y, c, random_tensor(y.shape(), rng), &gx, true);
-  tensor_d dy;
-  layer.jvp(x, y, c, random_tensor(x.shape(), rng), dy);
+  layer.vjp(x, y, c, random_tensor<B>(y.shape(), rng), &gx, true);
+  tensor_t dy;
+  layer.jvp(x, y, c, random_tensor<B>(x.shape(), rng), dy);
   CHECK(relative_error(layer.running_mean(), running_mean) == 0.0);
   CHECK(relative_error(layer.running_var(), running_var) == 0.0);
   CHECK(relative_error(layer.weight(), gamma) == 0.0);
@@ -154,12 +164,14 @@ TEST_CASE("batch_norm eval mode: normalizes with the running statistics and chan
   CHECK(layer.num_batches_tracked() == 0);
 }
 
-TEST_CASE("batch_norm eval-mode derivatives are the per-channel scaling gamma / sqrt(var + eps)") {
+TEST_CASE_TEMPLATE("batch_norm eval-mode derivatives are the per-channel scaling gamma / sqrt(var + eps)",
+                   B, OPNORM_TEST_BACKENDS) {
+  using tensor_t = tensor<double, B>;
   std::mt19937_64 rng(10);
-  auto layer = make_layer(2, true, rng);
-  const tensor_d x = random_tensor({3, 2, 2, 2}, rng), v = random_tensor(x.shape(), rng);
-  tensor_d y, gx, dy;
-  batch_norm<double>::cache c;
+  auto layer = make_layer<B>(2, true, rng);
+  const tensor_t x = random_tensor<B>({3, 2, 2, 2}, rng), v = random_tensor<B>(x.shape(), rng);
+  tensor_t y, gx, dy;
+  typename batch_norm<double, B>::cache c;
   layer.forward(x, y, c, mode::eval);
   layer.vjp(x, y, c, v, &gx, false);
   layer.jvp(x, y, c, v, dy);
@@ -171,9 +183,9 @@ TEST_CASE("batch_norm eval-mode derivatives are the per-channel scaling gamma / 
   }
 }
 
-TEST_CASE("batch_norm state follows PyTorch's state_dict") {
-  batch_norm<double> affine(4);
-  state_list<double, backend::cpu> s;
+TEST_CASE_TEMPLATE("batch_norm state follows PyTorch's state_dict", B, OPNORM_TEST_BACKENDS) {
+  batch_norm<double, B> affine(4);
+  state_list<double, B> s;
   affine.collect_state(s, "2.");
   REQUIRE(s.parameters.size() == 2);
   CHECK(s.parameters[0].name == "2.weight");
@@ -185,20 +197,21 @@ TEST_CASE("batch_norm state follows PyTorch's state_dict") {
   REQUIRE(s.counters.size() == 1);
   CHECK(s.counters[0].name == "2.num_batches_tracked");
 
-  batch_norm<double> plain(4, false);
-  state_list<double, backend::cpu> t;
+  batch_norm<double, B> plain(4, false);
+  state_list<double, B> t;
   plain.collect_state(t, "");
   CHECK(t.parameters.empty());
   CHECK(t.buffers.size() == 2);
   CHECK(t.counters.size() == 1);
 }
 
-TEST_CASE("batch_norm initialize restores PyTorch's fresh state") {
+TEST_CASE_TEMPLATE("batch_norm initialize restores PyTorch's fresh state", B, OPNORM_TEST_BACKENDS) {
+  using tensor_t = tensor<double, B>;
   std::mt19937_64 rng(11);
-  auto layer = make_layer(3, true, rng);
-  tensor_d y;
-  batch_norm<double>::cache c;
-  layer.forward(random_tensor({4, 3}, rng), y, c, mode::train);
+  auto layer = make_layer<B>(3, true, rng);
+  tensor_t y;
+  typename batch_norm<double, B>::cache c;
+  layer.forward(random_tensor<B>({4, 3}, rng), y, c, mode::train);
   REQUIRE(layer.num_batches_tracked() == 1);
   layer.initialize(rng);
   for (index_t ch = 0; ch < 3; ++ch) {

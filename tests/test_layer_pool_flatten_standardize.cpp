@@ -15,8 +15,9 @@ namespace {
 
 // Distinct values at least 0.01 apart in random order: the argmax of every
 // window is unique and stays put under finite-difference steps of 1e-6.
-tensor_d distinct_values(const shape_t& shape, std::mt19937_64& rng) {
-  tensor_d x(shape);
+template <class B>
+tensor<double, B> distinct_values(const shape_t& shape, std::mt19937_64& rng) {
+  tensor<double, B> x(shape);
   std::vector<index_t> order(static_cast<std::size_t>(x.size()));
   std::iota(order.begin(), order.end(), index_t{0});
   std::shuffle(order.begin(), order.end(), rng);
@@ -25,10 +26,11 @@ tensor_d distinct_values(const shape_t& shape, std::mt19937_64& rng) {
 }
 
 // max over each window, written directly from the definition.
-tensor_d direct_max_pool(const tensor_d& x, index_t k, index_t s) {
+template <class B>
+tensor<double, B> direct_max_pool(const tensor<double, B>& x, index_t k, index_t s) {
   const index_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
   const index_t Ho = (H - k) / s + 1, Wo = (W - k) / s + 1;
-  tensor_d y({N, C, Ho, Wo});
+  tensor<double, B> y({N, C, Ho, Wo});
   for (index_t n = 0; n < N; ++n)
     for (index_t c = 0; c < C; ++c)
       for (index_t oh = 0; oh < Ho; ++oh)
@@ -45,56 +47,60 @@ tensor_d direct_max_pool(const tensor_d& x, index_t k, index_t s) {
 
 // ---------------------------------------------------------------- max_pool2d
 
-TEST_CASE("max_pool2d: forward matches the direct definition") {
+TEST_CASE_TEMPLATE("max_pool2d: forward matches the direct definition", B, OPNORM_TEST_BACKENDS) {
+  using tensor_t = tensor<double, B>;
   std::mt19937_64 rng(1);
   const index_t cases[][6] = {{2, 3, 6, 8, 2, 2}, {2, 2, 7, 5, 2, 2}, {1, 2, 7, 7, 3, 2}, {2, 1, 5, 6, 3, 1}};
   for (const auto& cc : cases) {
-    const tensor_d x = random_tensor({cc[0], cc[1], cc[2], cc[3]}, rng);
-    max_pool2d<double> layer(cc[4], cc[5]);
-    tensor_d y;
-    max_pool2d<double>::cache c;
+    const tensor_t x = random_tensor<B>({cc[0], cc[1], cc[2], cc[3]}, rng);
+    max_pool2d<double, B> layer(cc[4], cc[5]);
+    tensor_t y;
+    typename max_pool2d<double, B>::cache c;
     layer.forward(x, y, c, mode::eval);
-    const tensor_d expected = direct_max_pool(x, cc[4], cc[5]);
+    const tensor_t expected = direct_max_pool(x, cc[4], cc[5]);
     REQUIRE(y.shape() == expected.shape());
     CHECK(relative_error(y, expected) == 0.0);
   }
 }
 
-TEST_CASE("max_pool2d 2x2 stride 2: vjp and jvp match finite differences") {
+TEST_CASE_TEMPLATE("max_pool2d 2x2 stride 2: vjp and jvp match finite differences", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(2);
-  max_pool2d<double> layer(2);
-  check_layer(layer, distinct_values({2, 3, 4, 6}, rng), mode::train);
+  max_pool2d<double, B> layer(2);
+  check_layer(layer, distinct_values<B>({2, 3, 4, 6}, rng), mode::train);
 }
 
-TEST_CASE("max_pool2d 2x2 on odd sizes (floor mode drops the last row and column)") {
+TEST_CASE_TEMPLATE("max_pool2d 2x2 on odd sizes (floor mode drops the last row and column)", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(3);
-  max_pool2d<double> layer(2);
-  check_layer(layer, distinct_values({2, 2, 5, 7}, rng), mode::train);
+  max_pool2d<double, B> layer(2);
+  check_layer(layer, distinct_values<B>({2, 2, 5, 7}, rng), mode::train);
 }
 
-TEST_CASE("max_pool2d 3x3 stride 2: overlapping windows add their gradients") {
+TEST_CASE_TEMPLATE("max_pool2d 3x3 stride 2: overlapping windows add their gradients", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(4);
-  max_pool2d<double> layer(3, 2);
-  check_layer(layer, distinct_values({2, 2, 7, 7}, rng), mode::train);
+  max_pool2d<double, B> layer(3, 2);
+  check_layer(layer, distinct_values<B>({2, 2, 7, 7}, rng), mode::train);
 }
 
-TEST_CASE("max_pool2d: ties go to the first maximum, which receives the whole gradient") {
-  max_pool2d<double> layer(2);
-  const tensor_d x = tensor_d::from_vector({1, 1, 2, 2}, {1.0, 3.0, 3.0, 3.0});
-  tensor_d y, gx;
-  max_pool2d<double>::cache c;
+TEST_CASE_TEMPLATE("max_pool2d: ties go to the first maximum, which receives the whole gradient",
+                   B, OPNORM_TEST_BACKENDS) {
+  using tensor_t = tensor<double, B>;
+  max_pool2d<double, B> layer(2);
+  const tensor_t x = tensor_t::from_vector({1, 1, 2, 2}, {1.0, 3.0, 3.0, 3.0});
+  tensor_t y, gx;
+  typename max_pool2d<double, B>::cache c;
   layer.forward(x, y, c, mode::train);
   CHECK(y[0] == 3.0);
-  layer.vjp(x, y, c, tensor_d::from_vector({1, 1, 1, 1}, {5.0}), &gx, false);
+  layer.vjp(x, y, c, tensor_t::from_vector({1, 1, 1, 1}, {5.0}), &gx, false);
   CHECK(gx.to_vector() == std::vector<double>{0.0, 5.0, 0.0, 0.0});
 }
 
-TEST_CASE("max_pool2d: NaN propagates, as in PyTorch") {
-  max_pool2d<double> layer(2);
+TEST_CASE_TEMPLATE("max_pool2d: NaN propagates, as in PyTorch", B, OPNORM_TEST_BACKENDS) {
+  using tensor_t = tensor<double, B>;
+  max_pool2d<double, B> layer(2);
   const double nan = std::numeric_limits<double>::quiet_NaN();
-  const tensor_d x = tensor_d::from_vector({1, 1, 2, 2}, {1.0, nan, 7.0, 2.0});
-  tensor_d y;
-  max_pool2d<double>::cache c;
+  const tensor_t x = tensor_t::from_vector({1, 1, 2, 2}, {1.0, nan, 7.0, 2.0});
+  tensor_t y;
+  typename max_pool2d<double, B>::cache c;
   layer.forward(x, y, c, mode::eval);
   CHECK(std::isnan(y[0]));
 }
@@ -116,20 +122,21 @@ TEST_CASE("max_pool2d: output shapes and errors") {
 
 // ------------------------------------------------------------------- flatten
 
-TEST_CASE("flatten: vjp and jvp match finite differences") {
+TEST_CASE_TEMPLATE("flatten: vjp and jvp match finite differences", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(5);
-  flatten<double> layer;
-  check_layer(layer, random_tensor({3, 2, 3, 2}, rng), mode::train);
+  flatten<double, B> layer;
+  check_layer(layer, random_tensor<B>({3, 2, 3, 2}, rng), mode::train);
 }
 
-TEST_CASE("flatten: keeps the row-major order and the batch dimension") {
-  flatten<double> layer;
+TEST_CASE_TEMPLATE("flatten: keeps the row-major order and the batch dimension", B, OPNORM_TEST_BACKENDS) {
+  using tensor_t = tensor<double, B>;
+  flatten<double, B> layer;
   CHECK(layer.output_shape({128, 64, 7, 7}) == shape_t{128, 3136});
   CHECK(layer.output_shape({5, 3}) == shape_t{5, 3});
   std::mt19937_64 rng(6);
-  const tensor_d x = random_tensor({2, 3, 2, 2}, rng);
-  tensor_d y;
-  flatten<double>::cache c;
+  const tensor_t x = random_tensor<B>({2, 3, 2, 2}, rng);
+  tensor_t y;
+  typename flatten<double, B>::cache c;
   layer.forward(x, y, c, mode::eval);
   REQUIRE(y.shape() == shape_t{2, 12});
   for (index_t n = 0; n < 2; ++n)
@@ -142,39 +149,41 @@ TEST_CASE("flatten: keeps the row-major order and the batch dimension") {
 
 // --------------------------------------------------------------- standardize
 
-TEST_CASE("standardize per channel: vjp and jvp match finite differences") {
+TEST_CASE_TEMPLATE("standardize per channel: vjp and jvp match finite differences", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(7);
-  standardize<double> layer({0.5, -0.25, 0.125}, {0.3, 2.0, 0.7});
-  check_layer(layer, random_tensor({2, 3, 3, 2}, rng), mode::train);
+  standardize<double, B> layer({0.5, -0.25, 0.125}, {0.3, 2.0, 0.7});
+  check_layer(layer, random_tensor<B>({2, 3, 3, 2}, rng), mode::train);
 }
 
-TEST_CASE("standardize with one shared value: vjp and jvp match finite differences") {
+TEST_CASE_TEMPLATE("standardize with one shared value: vjp and jvp match finite differences", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(8);
-  standardize<double> layer({0.2860}, {0.3530});
-  check_layer(layer, random_tensor({2, 3, 2, 2}, rng, 0.0, 1.0), mode::eval);
+  standardize<double, B> layer({0.2860}, {0.3530});
+  check_layer(layer, random_tensor<B>({2, 3, 2, 2}, rng, 0.0, 1.0), mode::eval);
 }
 
-TEST_CASE("standardize: (x - mean_c) / std_c, channel by channel") {
+TEST_CASE_TEMPLATE("standardize: (x - mean_c) / std_c, channel by channel", B, OPNORM_TEST_BACKENDS) {
+  using tensor_t = tensor<double, B>;
   std::mt19937_64 rng(9);
   const std::vector<double> mean{0.4914, 0.4822, 0.4465}, stddev{0.2470, 0.2435, 0.2616};
-  standardize<double> layer(mean, stddev);
-  const tensor_d x = random_tensor({2, 3, 2, 3}, rng, 0.0, 1.0);
-  tensor_d y;
-  standardize<double>::cache c;
+  standardize<double, B> layer(mean, stddev);
+  const tensor_t x = random_tensor<B>({2, 3, 2, 3}, rng, 0.0, 1.0);
+  tensor_t y;
+  typename standardize<double, B>::cache c;
   layer.forward(x, y, c, mode::eval);
   for (index_t i = 0; i < x.size(); ++i) {
     const std::size_t ch = static_cast<std::size_t>((i / 6) % 3);
     CHECK(y[i] == (x[i] - mean[ch]) / stddev[ch]);  // the same operations PyTorch does
   }
   // Works on (N, C) input too.
-  const tensor_d flat = random_tensor({4, 3}, rng);
+  const tensor_t flat = random_tensor<B>({4, 3}, rng);
   layer.forward(flat, y, c, mode::eval);
   CHECK(y(3, 1) == (flat(3, 1) - mean[1]) / stddev[1]);
 }
 
-TEST_CASE("standardize: statistics are buffers named like PyTorch's, not parameters") {
-  standardize<double> layer({0.1, 0.2}, {1.0, 2.0});
-  state_list<double, backend::cpu> s;
+TEST_CASE_TEMPLATE("standardize: statistics are buffers named like PyTorch's, not parameters",
+                   B, OPNORM_TEST_BACKENDS) {
+  standardize<double, B> layer({0.1, 0.2}, {1.0, 2.0});
+  state_list<double, B> s;
   layer.collect_state(s, "0.");
   CHECK(s.parameters.empty());
   REQUIRE(s.buffers.size() == 2);

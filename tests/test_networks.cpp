@@ -8,16 +8,21 @@ using namespace opnorm::testing;
 namespace {
 
 // Images in [0, 1], the unit every model input uses.
-tensor_d random_images(const shape_t& shape, std::mt19937_64& rng) { return random_tensor(shape, rng, 0.0, 1.0); }
+template <class B>
+tensor<double, B> random_images(const shape_t& shape, std::mt19937_64& rng) {
+  return random_tensor<B>(shape, rng, 0.0, 1.0);
+}
 
 // |<J v, u> - <v, J^T u>| / max(|<J v, u>|, |<v, J^T u>|) for the network
 // at x, with J from sequential::jvp and J^T from sequential::vjp.
 template <class Net>
-double adjointness_error(Net& net, const tensor_d& x, mode m, std::mt19937_64& rng) {
+double adjointness_error(Net& net, const typename Net::tensor_type& x, mode m, std::mt19937_64& rng) {
+  using B = typename Net::backend_type;
+  using tensor_t = typename Net::tensor_type;
   typename Net::tape tape;
-  const tensor_d& y = net.forward(x, tape, m);
-  const tensor_d v = random_tensor(x.shape(), rng), u = random_tensor(y.shape(), rng);
-  tensor_d jv, jtu;
+  const tensor_t& y = net.forward(x, tape, m);
+  const tensor_t v = random_tensor<B>(x.shape(), rng), u = random_tensor<B>(y.shape(), rng);
+  tensor_t jv, jtu;
   net.jvp(tape, v, jv);
   net.vjp(tape, u, &jtu, false);
   const double forward_side = dot(jv, u), backward_side = dot(v, jtu);
@@ -26,11 +31,12 @@ double adjointness_error(Net& net, const tensor_d& x, mode m, std::mt19937_64& r
 
 }  // namespace
 
-TEST_CASE("fmnist_cnn maps (N, 1, 28, 28) images to (N, 10) logits") {
-  auto net = make_fmnist_cnn<double>(1);
+TEST_CASE_TEMPLATE("fmnist_cnn maps (N, 1, 28, 28) images to (N, 10) logits", B, OPNORM_TEST_BACKENDS) {
+  using tensor_t = tensor<double, B>;
+  auto net = make_fmnist_cnn<double, B>(1);
   CHECK(net.output_shape({128, 1, 28, 28}) == shape_t{128, 10});
   std::mt19937_64 rng(1);
-  const tensor_d logits = net.predict(random_images({3, 1, 28, 28}, rng));
+  const tensor_t logits = net.predict(random_images<B>({3, 1, 28, 28}, rng));
   CHECK(logits.shape() == shape_t{3, 10});
   for (index_t i = 0; i < logits.size(); ++i) CHECK(std::isfinite(logits[i]));
   CHECK_THROWS_WITH_AS(net.output_shape({2, 3, 28, 28}),
@@ -38,8 +44,8 @@ TEST_CASE("fmnist_cnn maps (N, 1, 28, 28) images to (N, 10) logits") {
                        std::invalid_argument);
 }
 
-TEST_CASE("fmnist_cnn state has PyTorch nn.Sequential names and shapes") {
-  auto net = make_fmnist_cnn<float>(0);
+TEST_CASE_TEMPLATE("fmnist_cnn state has PyTorch nn.Sequential names and shapes", B, OPNORM_TEST_BACKENDS) {
+  auto net = make_fmnist_cnn<float, B>(0);
   auto s = net.state();
   std::vector<std::string> names;
   for (auto& p : s.parameters) names.push_back(p.name);
@@ -64,85 +70,89 @@ TEST_CASE("fmnist_cnn state has PyTorch nn.Sequential names and shapes") {
   CHECK(count == 871018);
 }
 
-TEST_CASE("make_fmnist_cnn: the seed decides the weights") {
-  auto a = make_fmnist_cnn<float>(3), b = make_fmnist_cnn<float>(3), c = make_fmnist_cnn<float>(4);
-  CHECK(a.layer<1>().weight().to_vector() == b.layer<1>().weight().to_vector());
-  CHECK(a.layer<18>().bias().to_vector() == b.layer<18>().bias().to_vector());
-  CHECK(a.layer<1>().weight().to_vector() != c.layer<1>().weight().to_vector());
+TEST_CASE_TEMPLATE("make_fmnist_cnn: the seed decides the weights", B, OPNORM_TEST_BACKENDS) {
+  auto a = make_fmnist_cnn<float, B>(3), b = make_fmnist_cnn<float, B>(3), c = make_fmnist_cnn<float, B>(4);
+  CHECK(a.template layer<1>().weight().to_vector() == b.template layer<1>().weight().to_vector());
+  CHECK(a.template layer<18>().bias().to_vector() == b.template layer<18>().bias().to_vector());
+  CHECK(a.template layer<1>().weight().to_vector() != c.template layer<1>().weight().to_vector());
 }
 
-TEST_CASE("fmnist_cnn in eval mode: <J v, u> = <v, J^T u>") {
+TEST_CASE_TEMPLATE("fmnist_cnn in eval mode: <J v, u> = <v, J^T u>", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(2);
-  auto net = make_fmnist_cnn<double>(2);
+  auto net = make_fmnist_cnn<double, B>(2);
   // Move the running statistics away from their initial values.
-  typename fmnist_cnn<double>::tape tape;
-  net.forward(random_images({4, 1, 28, 28}, rng), tape, mode::train);
-  CHECK(adjointness_error(net, random_images({2, 1, 28, 28}, rng), mode::eval, rng) < 1e-12);
+  typename fmnist_cnn<double, B>::tape tape;
+  net.forward(random_images<B>({4, 1, 28, 28}, rng), tape, mode::train);
+  CHECK(adjointness_error(net, random_images<B>({2, 1, 28, 28}, rng), mode::eval, rng) < 1e-12);
 }
 
-TEST_CASE("fmnist_cnn in train mode (batch statistics): <J v, u> = <v, J^T u>") {
+TEST_CASE_TEMPLATE("fmnist_cnn in train mode (batch statistics): <J v, u> = <v, J^T u>", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(3);
-  auto net = make_fmnist_cnn<double>(3);
-  CHECK(adjointness_error(net, random_images({3, 1, 28, 28}, rng), mode::train, rng) < 1e-12);
+  auto net = make_fmnist_cnn<double, B>(3);
+  CHECK(adjointness_error(net, random_images<B>({3, 1, 28, 28}, rng), mode::train, rng) < 1e-12);
 }
 
 // ||J v - (f(x + h v) - f(x - h v)) / 2h|| / ||J v|| for the network at x.
 template <class Net>
-double jvp_finite_difference_error(Net& net, const tensor_d& x, mode m, std::mt19937_64& rng) {
-  const tensor_d v = random_tensor(x.shape(), rng);
+double jvp_finite_difference_error(Net& net, const typename Net::tensor_type& x, mode m, std::mt19937_64& rng) {
+  using B = typename Net::backend_type;
+  using tensor_t = typename Net::tensor_type;
+  const tensor_t v = random_tensor<B>(x.shape(), rng);
   typename Net::tape tape;
   net.forward(x, tape, m);
-  tensor_d jv;
+  tensor_t jv;
   net.jvp(tape, v, jv);
   const double h = 1e-6;
-  tensor_d xp = x, xm = x;
+  tensor_t xp = x, xm = x;
   for (index_t i = 0; i < x.size(); ++i) {
     xp[i] += h * v[i];
     xm[i] -= h * v[i];
   }
   typename Net::tape tp, tm;
-  const tensor_d& yp = net.forward(xp, tp, m);
-  const tensor_d& ym = net.forward(xm, tm, m);
-  tensor_d fd(yp.shape());
+  const tensor_t& yp = net.forward(xp, tp, m);
+  const tensor_t& ym = net.forward(xm, tm, m);
+  tensor_t fd(yp.shape());
   for (index_t i = 0; i < fd.size(); ++i) fd[i] = (yp[i] - ym[i]) / (2 * h);
   return relative_error(jv, fd);
 }
 
-TEST_CASE("fmnist_cnn in eval mode: the JVP matches central finite differences") {
+TEST_CASE_TEMPLATE("fmnist_cnn in eval mode: the JVP matches central finite differences", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(4);
-  auto net = make_fmnist_cnn<double>(4);
-  typename fmnist_cnn<double>::tape tape;
-  net.forward(random_images({4, 1, 28, 28}, rng), tape, mode::train);
+  auto net = make_fmnist_cnn<double, B>(4);
+  typename fmnist_cnn<double, B>::tape tape;
+  net.forward(random_images<B>({4, 1, 28, 28}, rng), tape, mode::train);
   // The network is piecewise linear in eval mode, so central differences
   // are exact up to rounding while no ReLU or max-pool choice flips.
-  CHECK(jvp_finite_difference_error(net, random_images({2, 1, 28, 28}, rng), mode::eval, rng) < 1e-6);
+  CHECK(jvp_finite_difference_error(net, random_images<B>({2, 1, 28, 28}, rng), mode::eval, rng) < 1e-6);
 }
 
-TEST_CASE("fmnist_cnn in train mode: the JVP (through batch statistics) matches finite differences") {
+TEST_CASE_TEMPLATE("fmnist_cnn in train mode: the JVP (through batch statistics) matches finite differences",
+                   B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(5);
-  auto net = make_fmnist_cnn<double>(5);
-  CHECK(jvp_finite_difference_error(net, random_images({3, 1, 28, 28}, rng), mode::train, rng) < 1e-6);
+  auto net = make_fmnist_cnn<double, B>(5);
+  CHECK(jvp_finite_difference_error(net, random_images<B>({3, 1, 28, 28}, rng), mode::train, rng) < 1e-6);
 }
 
-TEST_CASE("fmnist_cnn: eval-mode passes leave the model's state untouched") {
+TEST_CASE_TEMPLATE("fmnist_cnn: eval-mode passes leave the model's state untouched", B, OPNORM_TEST_BACKENDS) {
+  using tensor_t = tensor<double, B>;
   std::mt19937_64 rng(6);
-  auto net = make_fmnist_cnn<double>(6);
-  typename fmnist_cnn<double>::tape tape;
-  net.forward(random_images({4, 1, 28, 28}, rng), tape, mode::train);
-  const std::vector<double> running_var = net.layer<9>().running_var().to_vector();
-  const auto tracked = net.layer<9>().num_batches_tracked();
-  const tensor_d x = random_images({2, 1, 28, 28}, rng);
+  auto net = make_fmnist_cnn<double, B>(6);
+  typename fmnist_cnn<double, B>::tape tape;
+  net.forward(random_images<B>({4, 1, 28, 28}, rng), tape, mode::train);
+  const std::vector<double> running_var = net.template layer<9>().running_var().to_vector();
+  const auto tracked = net.template layer<9>().num_batches_tracked();
+  const tensor_t x = random_images<B>({2, 1, 28, 28}, rng);
   net.forward(x, tape, mode::eval);
-  tensor_d gx;
-  net.vjp(tape, random_tensor({2, 10}, rng), &gx, false);
-  CHECK(net.layer<9>().running_var().to_vector() == running_var);
-  CHECK(net.layer<9>().num_batches_tracked() == tracked);
+  tensor_t gx;
+  net.vjp(tape, random_tensor<B>({2, 10}, rng), &gx, false);
+  CHECK(net.template layer<9>().running_var().to_vector() == running_var);
+  CHECK(net.template layer<9>().num_batches_tracked() == tracked);
 }
 
-TEST_CASE("cnn7 maps (N, 3, 32, 32) images to (N, 10) logits") {
-  auto net = make_cnn7<float>(0);
+TEST_CASE_TEMPLATE("cnn7 maps (N, 3, 32, 32) images to (N, 10) logits", B, OPNORM_TEST_BACKENDS) {
+  auto net = make_cnn7<float, B>(0);
   CHECK(net.output_shape({128, 3, 32, 32}) == shape_t{128, 10});
-  CHECK(net.layer<24>().output_shape({2, 1024, 2, 2}) == shape_t{2, 1024, 2, 2});
+  CHECK(net.template layer<24>().output_shape({2, 1024, 2, 2}) == shape_t{2, 1024, 2, 2});
   auto s = net.state();
   // Seven convolutions with weight and bias, BatchNorm without affine
   // parameters, one dense layer.
@@ -155,28 +165,33 @@ TEST_CASE("cnn7 maps (N, 3, 32, 32) images to (N, 10) logits") {
   CHECK(s.buffers[0].value->to_vector() == std::vector<float>{0.4914f, 0.4822f, 0.4465f});
 
   std::mt19937_64 rng(7);
-  tensor<float> x({2, 3, 32, 32});
+  tensor<float, B> x({2, 3, 32, 32});
   std::uniform_real_distribution<float> pixel(0.0f, 1.0f);
   for (index_t i = 0; i < x.size(); ++i) x[i] = pixel(rng);
-  typename cnn7<float>::tape tape;
-  const tensor<float>& logits = net.forward(x, tape, mode::train);
+  typename cnn7<float, B>::tape tape;
+  const tensor<float, B>& logits = net.forward(x, tape, mode::train);
   REQUIRE(logits.shape() == shape_t{2, 10});
   for (index_t i = 0; i < logits.size(); ++i) CHECK(std::isfinite(logits[i]));
   CHECK(tape.activations[25].shape() == shape_t{2, 1024, 2, 2});
   CHECK(tape.activations[26].shape() == shape_t{2, 1024, 1, 1});
 }
 
-TEST_CASE("fmnist_cnn: a train-mode forward and backward pass gives the same bits every time") {
+// Run to run, not backend to backend (test_backend_agreement compares
+// backends): every backend is meant to be bit-reproducible for a given
+// thread count, thrust<omp>'s threaded reductions and kernels included, and
+// ctest runs this program with two OpenMP threads.
+TEST_CASE_TEMPLATE("fmnist_cnn: a train-mode forward and backward pass gives the same bits every time",
+                   B, OPNORM_TEST_BACKENDS) {
   auto gradients_of_one_step = [] {
-    auto net = make_fmnist_cnn<float>(8);
+    auto net = make_fmnist_cnn<float, B>(8);
     std::mt19937_64 rng(8);
     std::uniform_real_distribution<float> pixel(0.0f, 1.0f), unit(-1.0f, 1.0f);
-    tensor<float> x({8, 1, 28, 28}), gy({8, 10});
+    tensor<float, B> x({8, 1, 28, 28}), gy({8, 10});
     for (index_t i = 0; i < x.size(); ++i) x[i] = pixel(rng);
     for (index_t i = 0; i < gy.size(); ++i) gy[i] = unit(rng);
-    typename fmnist_cnn<float>::tape tape;
+    typename fmnist_cnn<float, B>::tape tape;
     net.forward(x, tape, mode::train);
-    tensor<float> gx;
+    tensor<float, B> gx;
     net.vjp(tape, gy, &gx, true);
     std::vector<float> all = gx.to_vector();
     auto s = net.state();

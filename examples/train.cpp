@@ -12,6 +12,13 @@
 // match it (except --epochs, which may shorten or extend the run), and the
 // continued run is bit-identical to an uninterrupted one (with the same
 // thread count and --epochs).
+//
+// --backend chooses where the model, the method, the optimizer and the
+// trainer run (cpu, Thrust's omp or cpp host systems, and cuda in a build
+// compiled by nvcc); the data stay in host memory and each batch is copied
+// over by the trainer. Checkpoints are backend-neutral: a run written by one
+// backend resumes on any other (equivalent, not bit-identical, since the
+// backends round differently).
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -30,6 +37,9 @@
 
 #include <CLI/CLI.hpp>
 
+#if OPNORM_HAVE_THRUST || defined(__CUDACC__)
+#include <opnorm/backend/thrust.hpp>
+#endif
 #include <opnorm/data/data.hpp>
 #include <opnorm/io/checkpoint.hpp>
 #include <opnorm/methods/adversarial.hpp>
@@ -74,6 +84,20 @@ struct config {
   double lambda = -1;       // < 0: the method's default
   std::string objective = "eq10";      // adversarial: eq10 (clean + lambda adversarial) or madry
   std::string regularizer = "sum_of_squares";  // data_dependent_snr: sum_of_squares (Eq. 9) or jacobian (Eq. 8)
+  std::string backend = "cpu";  // not a trajectory setting: a checkpoint resumes on any backend
+};
+
+/// The --backend values this build offers: cuda only when nvcc compiled it
+/// (the backend needs device code), the Thrust host systems when the CCCL
+/// headers were found.
+const std::vector<std::string> backend_names = {
+    "cpu",
+#if OPNORM_HAVE_THRUST || defined(__CUDACC__)
+    "thrust-omp", "thrust-cpp",
+#endif
+#if defined(__CUDACC__)
+    "cuda",
+#endif
 };
 
 const char* const default_fashion_mnist_dir = "/usr/share/datasets/fashion-mnist";
@@ -140,6 +164,7 @@ std::vector<setting> trajectory_settings(config& c) {
 safetensors::metadata_map config_metadata(config& c) {
   safetensors::metadata_map m;
   for (const auto& s : trajectory_settings(c)) m["config." + s.flag] = s.get();
+  m["backend"] = c.backend;  // for the record; resuming on another backend is allowed
 #ifdef _OPENMP
   m["threads"] = std::to_string(omp_get_max_threads());
 #endif
@@ -175,6 +200,10 @@ void merge_resumed_config(config& c, const CLI::App& app, const safetensors::met
     throw std::runtime_error("--resume: the options given differ from the run that wrote '" + path.string() +
                              "':" + conflicts + "\nleave them out (they are taken from the checkpoint) or "
                              "start a new run");
+  const auto backend = stored.find("backend");
+  if (backend != stored.end() && backend->second != c.backend)
+    std::cerr << "note: the checkpoint was written on the " << backend->second << " backend and this run uses "
+              << c.backend << "; the continued run is equivalent but not bit-identical\n";
 #ifdef _OPENMP
   const auto threads = stored.find("threads");
   if (threads != stored.end() && threads->second != std::to_string(omp_get_max_threads()))
@@ -259,7 +288,7 @@ void train_model(Model& model, const char* model_name, config c, const dataset<f
       const safetensors::metadata_map metadata = config_metadata(c);
       std::cerr << model_name << " on " << train.name << " (" << train.size() << " examples) and " << test.name
                 << " (" << test.size() << "), " << method.name << " training, " << optimizer.name << ", "
-                << c.schedule << " schedule, lr " << c.lr;
+                << c.schedule << " schedule, lr " << c.lr << ", backend " << c.backend;
 #ifdef _OPENMP
       std::cerr << ", " << omp_get_max_threads() << " threads";
 #endif
@@ -294,6 +323,23 @@ void train_model(Model& model, const char* model_name, config c, const dataset<f
   });
 }
 
+/// The whole run on backend B: the network is built there, and the method,
+/// optimizer and trainer follow it. The data sets stay on the host.
+template <class B>
+void train_on(const config& c, const std::string& dir) {
+  if (c.dataset == "fashion-mnist") {
+    const auto train = load_fashion_mnist<float>(dir, split::train);
+    const auto test = load_fashion_mnist<float>(dir, split::test);
+    auto model = make_fmnist_cnn<float, B>(c.seed);
+    train_model(model, "fmnist_cnn", c, train, test);
+    return;
+  }
+  const auto train = load_cifar10<float>(dir, split::train);
+  const auto test = load_cifar10<float>(dir, split::test);
+  auto model = make_cnn7<float, B>(c.seed);
+  train_model(model, "cnn7", c, train, test);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -303,6 +349,10 @@ int main(int argc, char** argv) {
       "to the output folder.",
       "train"};
   app.footer("Exit status: 0 on success, 1 on any error (the message says what went wrong).");
+  // A bad option is one line, like the program's other errors.
+  app.failure_message([](const CLI::App*, const CLI::Error& e) {
+    return std::string("train: error: ") + e.what() + " (see --help)\n";
+  });
   config c;
   app.add_option("--dataset", c.dataset, "fashion-mnist (network fmnist_cnn) or cifar10 (network cnn7)")
       ->check(CLI::IsMember({"fashion-mnist", "cifar10"}))
@@ -357,6 +407,14 @@ int main(int argc, char** argv) {
   app.add_option("--resume", c.resume,
                  "continue the run saved in this checkpoint (a last.safetensors); other options default to the "
                  "checkpoint's and must match it, except --epochs");
+  app.add_option("--backend", c.backend,
+                 "where the model trains: cpu, thrust-omp or thrust-cpp (Thrust's host systems)"
+#if defined(__CUDACC__)
+                 ", or cuda"
+#endif
+                 "; checkpoints load on any backend")
+      ->check(CLI::IsMember(backend_names))
+      ->capture_default_str();
   app.add_option("--progress-every", c.progress_every, "print a status line every N steps")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
@@ -392,17 +450,16 @@ int main(int argc, char** argv) {
         throw std::runtime_error("--dataset cifar10 needs --data-dir (the cifar-10-batches-bin folder or its parent)");
       dir = default_fashion_mnist_dir;
     }
-    if (c.dataset == "fashion-mnist") {
-      const auto train = load_fashion_mnist<float>(dir, split::train);
-      const auto test = load_fashion_mnist<float>(dir, split::test);
-      auto model = make_fmnist_cnn<float>(c.seed);
-      train_model(model, "fmnist_cnn", c, train, test);
-      return 0;
-    }
-    const auto train = load_cifar10<float>(dir, split::train);
-    const auto test = load_cifar10<float>(dir, split::test);
-    auto model = make_cnn7<float>(c.seed);
-    train_model(model, "cnn7", c, train, test);
+    // The one place a backend is chosen; everything below is generic.
+    if (c.backend == "cpu") train_on<backend::cpu>(c, dir);
+#if OPNORM_HAVE_THRUST || defined(__CUDACC__)
+    else if (c.backend == "thrust-omp") train_on<backend::thrust_omp>(c, dir);
+    else if (c.backend == "thrust-cpp") train_on<backend::thrust_cpp>(c, dir);
+#endif
+#if defined(__CUDACC__)
+    else if (c.backend == "cuda") train_on<backend::thrust_cuda>(c, dir);
+#endif
+    else throw std::logic_error("--backend " + c.backend + " is accepted but not dispatched");
     return 0;
   } catch (const std::exception& e) {
     std::cerr << "train: error: " << e.what() << '\n';

@@ -158,7 +158,7 @@ TEST_CASE_TEMPLATE("adversarial training (Eq. 10 and Madry): gradients match fin
   }
 }
 
-TEST_CASE_TEMPLATE("adversarial training's attack stays in the ball and does not change the model", B,
+TEST_CASE_TEMPLATE("adversarial training leaves the parameters alone and updates BatchNorm only in its two train-mode passes", B,
                    OPNORM_TEST_BACKENDS) {
   using net_t = small_cnn<B>;
   fixture<B> f;
@@ -167,10 +167,17 @@ TEST_CASE_TEMPLATE("adversarial training's attack stays in the ball and does not
   method.iterations = 3;
   auto state = f.net.state();
   const std::vector<double> mean_before = state.buffers[0].value->to_vector();
+  std::vector<std::vector<double>> parameters_before;
+  for (auto& p : state.parameters) parameters_before.push_back(p.value->to_vector());
   f.net.zero_grad();
   typename net_t::tape tape;
   const batch_result r = method.accumulate_gradients(f.net, tape, f.x, f.y);
   CHECK(std::isfinite(r.loss));
+  // Only the optimizer changes parameters; the method fills gradients.
+  for (std::size_t k = 0; k < state.parameters.size(); ++k) {
+    CAPTURE(state.parameters[k].name);
+    CHECK(state.parameters[k].value->to_vector() == parameters_before[k]);
+  }
   CHECK(r.examples == 4);
   // Two train-mode passes (clean, adversarial) update the running mean twice,
   // never the attack's eval-mode passes.

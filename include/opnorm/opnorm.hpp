@@ -32,4 +32,5 @@
 #include "train/train.hpp"
 #include "data/data.hpp"
 #include "io/checkpoint.hpp"
+#include "transfer.hpp"
 #include "analysis/analysis.hpp"

@@ -115,6 +115,25 @@ class sequential {
     return s;
   }
 
+  /// A copy of this network on backend B2: each layer L<T, B> becomes
+  /// L<T, B2> with the same configuration, and every parameter (with its
+  /// gradient), buffer and counter is copied through the host. The usual way
+  /// to call it is opnorm::to<B2>(model) (transfer.hpp); inside a template,
+  /// model.template to<B2>().
+  template <class B2>
+  sequential<typename rebind_backend<Layers, B2>::type...> to() const {
+    using result_type = sequential<typename rebind_backend<Layers, B2>::type...>;
+    result_type result = std::apply(
+        [](const Layers&... l) { return result_type(typename rebind_backend<Layers, B2>::type(l)...); }, layers_);
+    // The constructor of sequential re-initializes every parameter (and
+    // resets BatchNorm), overwriting what the layers' converting
+    // constructors copied, so the state is copied again, by name. state() is
+    // not const only because it hands out mutable pointers; nothing is
+    // written through this side's.
+    copy_state(const_cast<sequential&>(*this).state(), result.state());
+    return result;
+  }
+
   void zero_grad() {
     for (auto& p : state().parameters) p.grad->set_zero();
   }

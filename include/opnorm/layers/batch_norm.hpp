@@ -64,6 +64,25 @@ class batch_norm {
     running_var_ = tensor<T, Backend>({features}, T(1));
   }
 
+  /// The same layer on another backend: configuration, parameters,
+  /// gradients, running statistics and num_batches_tracked copied through the
+  /// host (opnorm::to in transfer.hpp moves a whole network this way).
+  template <class B2>
+  explicit batch_norm(const batch_norm<T, B2>& other)
+      : batch_norm(other.features_, other.affine_, other.momentum_, other.eps_) {
+    if (affine_) {
+      weight_ = copy_to_backend<Backend>(other.weight_);
+      weight_grad_ = copy_to_backend<Backend>(other.weight_grad_);
+      bias_ = copy_to_backend<Backend>(other.bias_);
+      bias_grad_ = copy_to_backend<Backend>(other.bias_grad_);
+    }
+    running_mean_ = copy_to_backend<Backend>(other.running_mean_);
+    running_var_ = copy_to_backend<Backend>(other.running_var_);
+    num_batches_tracked_ = other.num_batches_tracked_;
+  }
+  template <class, class>
+  friend class batch_norm;  // the converting constructor reads the other backend's members
+
   index_t features() const { return features_; }
   bool affine() const { return affine_; }
   double momentum() const { return momentum_; }

@@ -87,6 +87,22 @@ class conv2d {
     }
   }
 
+  /// The same layer on another backend: configuration, parameters and
+  /// gradients copied through the host (opnorm::to in transfer.hpp moves a
+  /// whole network this way).
+  template <class B2>
+  explicit conv2d(const conv2d<T, B2>& other)
+      : conv2d(other.in_, other.out_, other.k_, other.stride_, other.pad_, other.has_bias_) {
+    weight_ = copy_to_backend<Backend>(other.weight_);
+    weight_grad_ = copy_to_backend<Backend>(other.weight_grad_);
+    if (has_bias_) {
+      bias_ = copy_to_backend<Backend>(other.bias_);
+      bias_grad_ = copy_to_backend<Backend>(other.bias_grad_);
+    }
+  }
+  template <class, class>
+  friend class conv2d;  // the converting constructor reads the other backend's members
+
   index_t in_channels() const { return in_; }
   index_t out_channels() const { return out_; }
   index_t kernel_size() const { return k_; }

@@ -23,6 +23,21 @@ class dense {
     }
   }
 
+  /// The same layer on another backend: configuration, parameters and
+  /// gradients copied through the host (opnorm::to in transfer.hpp moves a
+  /// whole network this way).
+  template <class B2>
+  explicit dense(const dense<T, B2>& other) : dense(other.in_, other.out_, other.has_bias_) {
+    weight_ = copy_to_backend<Backend>(other.weight_);
+    weight_grad_ = copy_to_backend<Backend>(other.weight_grad_);
+    if (has_bias_) {
+      bias_ = copy_to_backend<Backend>(other.bias_);
+      bias_grad_ = copy_to_backend<Backend>(other.bias_grad_);
+    }
+  }
+  template <class, class>
+  friend class dense;  // the converting constructor reads the other backend's members
+
   index_t in_features() const { return in_; }
   index_t out_features() const { return out_; }
   tensor<T, Backend>& weight() { return weight_; }

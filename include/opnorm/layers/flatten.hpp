@@ -13,6 +13,12 @@ class flatten {
   using backend_type = Backend;
   struct cache {};
 
+  // Declaring the converting constructor removes the implicit default one.
+  flatten() = default;
+  /// The same layer on another backend (it has no state).
+  template <class B2>
+  explicit flatten(const flatten<T, B2>&) {}
+
   shape_t output_shape(const shape_t& in) const {
     require_shape(in.size() >= 2, "flatten",
                   "expects input (batch, features...), got " + shape_string(in));

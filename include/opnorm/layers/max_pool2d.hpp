@@ -78,6 +78,10 @@ class max_pool2d {
     require_shape(stride > 0, "max_pool2d", "stride must be positive");
   }
 
+  /// The same layer on another backend (it has no state besides its shape).
+  template <class B2>
+  explicit max_pool2d(const max_pool2d<T, B2>& other) : max_pool2d(other.kernel_size(), other.stride()) {}
+
   index_t kernel_size() const { return k_; }
   index_t stride() const { return stride_; }
 

@@ -12,6 +12,12 @@ class relu {
   using backend_type = Backend;
   struct cache {};
 
+  // Declaring the converting constructor removes the implicit default one.
+  relu() = default;
+  /// The same layer on another backend (it has no state).
+  template <class B2>
+  explicit relu(const relu<T, B2>&) {}
+
   shape_t output_shape(const shape_t& in) const { return in; }
 
   void forward(const tensor<T, Backend>& x, tensor<T, Backend>& y, cache&, mode) {

@@ -33,6 +33,11 @@ class standardize {
     std_ = tensor<T, Backend>::from_vector({c}, stddev);
   }
 
+  /// The same layer on another backend (its statistics copied through the host).
+  template <class B2>
+  explicit standardize(const standardize<T, B2>& other)
+      : standardize(other.mean().to_vector(), other.stddev().to_vector()) {}
+
   index_t channels() const { return mean_.size(); }
   const tensor<T, Backend>& mean() const { return mean_; }
   const tensor<T, Backend>& stddev() const { return std_; }

@@ -21,6 +21,10 @@
 //   std::int64_t steps() const;               // updates taken so far
 //   state_list<T, Backend> state();           // buffers + the step counter,
 //                                             // for checkpoints (names below)
+//   Optimizer(const Optimizer<T, B2>& other, Model& model);
+//                                             // other moved to this backend,
+//                                             // bound to model (the same
+//                                             // network on this backend)
 //
 // State names: "<parameter>.momentum_buffer" (SGD), "<parameter>.exp_avg" and
 // "<parameter>.exp_avg_sq" (Adam), as in PyTorch's optimizer state_dict, and
@@ -82,6 +86,20 @@ class bound_parameters {
   std::vector<shape_t> shapes_;
 };
 
+// Checks that an optimizer being moved to another backend is bound to the
+// same parameter names and shapes as the model it is moved onto.
+template <class T, class B, class B2>
+void require_same_binding(const bound_parameters<T, B>& from, const bound_parameters<T, B2>& to,
+                          const char* optimizer) {
+  bool same = from.size() == to.size();
+  for (std::size_t i = 0; same && i < from.size(); ++i)
+    same = from.name(i) == to.name(i) && from.shape(i) == to.shape(i);
+  if (!same)
+    throw std::invalid_argument(std::string("opnorm::") + optimizer +
+                                ": cannot move the optimizer onto a model with other parameters than the one "
+                                "it was built for");
+}
+
 inline void require_option(bool ok, const char* optimizer, const std::string& what) {
   if (!ok) throw std::invalid_argument(std::string("opnorm::") + optimizer + ": " + what);
 }
@@ -124,6 +142,19 @@ class sgd {
       for (std::size_t i = 0; i < bound_.size(); ++i)
         momentum_.emplace_back(bound_.shape(i), T(0));
   }
+
+  /// other, an optimizer on backend B2, moved to this backend and bound to
+  /// model (the network other was stepping, moved here as well, e.g. with
+  /// opnorm::to): same options, momentum buffers copied through the host,
+  /// same step count, so training continues as it would have on B2.
+  template <class B2, class Model, class = detail::if_model<Model>>
+  sgd(const sgd<T, B2>& other, Model& model) : sgd(model.state(), other.options_) {
+    detail::require_same_binding(other.bound_, bound_, "sgd");
+    for (std::size_t i = 0; i < momentum_.size(); ++i) momentum_[i] = copy_to_backend<Backend>(other.momentum_[i]);
+    steps_ = other.steps_;
+  }
+  template <class, class>
+  friend class sgd;  // the moving constructor reads the other backend's members
 
   static constexpr const char* name = "sgd";
   const sgd_options& options() const { return options_; }
@@ -220,6 +251,22 @@ class adam {
       exp_avg_sq_.emplace_back(bound_.shape(i), T(0));
     }
   }
+
+  /// other, an optimizer on backend B2, moved to this backend and bound to
+  /// model (the network other was stepping, moved here as well, e.g. with
+  /// opnorm::to): same options, both moments copied through the host, same
+  /// step count (the bias corrections depend on it).
+  template <class B2, class Model, class = detail::if_model<Model>>
+  adam(const adam<T, B2>& other, Model& model) : adam(model.state(), other.options_) {
+    detail::require_same_binding(other.bound_, bound_, "adam");
+    for (std::size_t i = 0; i < bound_.size(); ++i) {
+      exp_avg_[i] = copy_to_backend<Backend>(other.exp_avg_[i]);
+      exp_avg_sq_[i] = copy_to_backend<Backend>(other.exp_avg_sq_[i]);
+    }
+    steps_ = other.steps_;
+  }
+  template <class, class>
+  friend class adam;  // the moving constructor reads the other backend's members
 
   static constexpr const char* name = "adam";
   const adam_options& options() const { return options_; }

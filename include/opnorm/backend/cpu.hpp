@@ -5,8 +5,6 @@
 // backend (the vocabulary is listed in backend.hpp). It decides on its own
 // when a piece of work is worth waking OpenMP threads for, so layers never
 // do.
-#include <cstring>
-
 #include <xtensor/xtensor.hpp>
 
 #ifdef _OPENMP
@@ -25,7 +23,7 @@ struct cpu {
 }  // namespace backend
 
 template <>
-struct backend_ops<backend::cpu> {
+struct backend_ops<backend::cpu> : backend::eigen::host_memory_ops</*threaded=*/true> {
   // Tensors on the cpu backend are flat xtensor containers (aligned, SIMD-friendly).
   template <class T>
   using storage = xt::xtensor<T, 1>;
@@ -71,38 +69,7 @@ struct backend_ops<backend::cpu> {
   static void fill(T* x, index_t n, T value) {
     std::fill(x, x + n, value);
   }
-  template <class T>
-  static void copy(const T* src, index_t n, T* dst) {
-    if (n > 0 && src != dst) std::memcpy(dst, src, sizeof(T) * static_cast<std::size_t>(n));
-  }
-  template <class T>
-  static void copy_to_host(const T* src, index_t n, T* host_dst) {
-    copy(src, n, host_dst);
-  }
-  template <class T>
-  static void copy_from_host(const T* host_src, index_t n, T* dst) {
-    copy(host_src, n, dst);
-  }
-
-  template <class T>
-  static void gemm(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a, index_t lda,
-                   const T* b, index_t ldb, T beta, T* c, index_t ldc) {
-    backend::eigen::gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-  }
-  template <class T>
-  static void gemm_batched(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a,
-                           index_t lda, index_t stride_a, const T* b, index_t ldb, index_t stride_b, T beta, T* c,
-                           index_t ldc, index_t stride_c, index_t count) {
-    backend::eigen::gemm_batched(true, trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c,
-                                 ldc, stride_c, count);
-  }
-  template <class T>
-  static void gemm_batched_sum(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a,
-                               index_t lda, index_t stride_a, const T* b, index_t ldb, index_t stride_b, T beta, T* c,
-                               index_t ldc, index_t count) {
-    backend::eigen::gemm_batched_sum(true, trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta,
-                                     c, ldc, count);
-  }
+  // copy, copy_to_host, copy_from_host and the GEMMs: host_memory_ops.
 
  private:
   static constexpr index_t element_threshold = 4096;

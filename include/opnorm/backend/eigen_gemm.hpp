@@ -3,6 +3,7 @@
 // memory the host can read (cpu, thrust<omp>, thrust<cpp>). `threaded` says
 // whether batches may be spread over OpenMP threads.
 #include <algorithm>
+#include <cstring>
 #include <vector>
 
 #include <Eigen/Core>
@@ -109,5 +110,44 @@ inline void gemm_batched_sum(bool threaded, bool trans_a, bool trans_b, index_t 
     C *= beta;
   for (auto& p : partial) C += alpha * p;
 }
+
+/// The part of backend_ops that every backend on host memory shares: plain
+/// copies (host memory is the host's) and the three GEMMs through Eigen.
+/// `threaded` says whether batched GEMMs may use OpenMP threads.
+template <bool threaded>
+struct host_memory_ops {
+  template <class T>
+  static void copy(const T* src, index_t n, T* dst) {
+    if (n > 0 && src != dst) std::memcpy(dst, src, sizeof(T) * static_cast<std::size_t>(n));
+  }
+  template <class T>
+  static void copy_to_host(const T* src, index_t n, T* host_dst) {
+    copy(src, n, host_dst);
+  }
+  template <class T>
+  static void copy_from_host(const T* host_src, index_t n, T* dst) {
+    copy(host_src, n, dst);
+  }
+
+  template <class T>
+  static void gemm(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a, index_t lda,
+                   const T* b, index_t ldb, T beta, T* c, index_t ldc) {
+    eigen::gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+  template <class T>
+  static void gemm_batched(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a,
+                           index_t lda, index_t stride_a, const T* b, index_t ldb, index_t stride_b, T beta, T* c,
+                           index_t ldc, index_t stride_c, index_t count) {
+    eigen::gemm_batched(threaded, trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc,
+                        stride_c, count);
+  }
+  template <class T>
+  static void gemm_batched_sum(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a,
+                               index_t lda, index_t stride_a, const T* b, index_t ldb, index_t stride_b, T beta, T* c,
+                               index_t ldc, index_t count) {
+    eigen::gemm_batched_sum(threaded, trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c,
+                            ldc, count);
+  }
+};
 
 }  // namespace opnorm::backend::eigen

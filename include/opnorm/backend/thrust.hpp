@@ -93,17 +93,11 @@ struct host_system<system::cpp> {
   static constexpr bool threaded = false;
 };
 
-}  // namespace detail
-}  // namespace backend
-
-/// thrust<omp> and thrust<cpp>: Thrust algorithms on host memory.
-template <class System>
-struct backend_ops<backend::thrust<System>> {
-  using system = backend::detail::host_system<System>;
-
+// Storage in a Thrust vector (Vector<T> is thrust::{cuda,omp,cpp}::vector<T>).
+template <template <class> class Vector>
+struct thrust_vector_storage {
   template <class T>
-  using storage = typename system::template vector<T>;
-  static constexpr bool host_accessible = true;
+  using storage = Vector<T>;
 
   template <class T>
   static storage<T> allocate(index_t n) {
@@ -117,6 +111,18 @@ struct backend_ops<backend::thrust<System>> {
   static const T* data(const storage<T>& s) {
     return ::thrust::raw_pointer_cast(s.data());
   }
+};
+
+}  // namespace detail
+}  // namespace backend
+
+/// thrust<omp> and thrust<cpp>: Thrust algorithms on host memory.
+template <class System>
+struct backend_ops<backend::thrust<System>>
+    : backend::detail::thrust_vector_storage<backend::detail::host_system<System>::template vector>,
+      backend::eigen::host_memory_ops<backend::detail::host_system<System>::threaded> {
+  using system = backend::detail::host_system<System>;
+  static constexpr bool host_accessible = true;
 
   // OpenMP forks a team on every Thrust call; below this many elements the
   // fork costs more than the work, and the calling thread does it alone.
@@ -150,38 +156,7 @@ struct backend_ops<backend::thrust<System>> {
   static void fill(T* x, index_t n, T value) {
     if (n > 0) ::thrust::fill_n(system::policy(), x, n, value);
   }
-  template <class T>
-  static void copy(const T* src, index_t n, T* dst) {
-    if (n > 0 && src != dst) std::memcpy(dst, src, sizeof(T) * static_cast<std::size_t>(n));
-  }
-  template <class T>
-  static void copy_to_host(const T* src, index_t n, T* host_dst) {
-    copy(src, n, host_dst);
-  }
-  template <class T>
-  static void copy_from_host(const T* host_src, index_t n, T* dst) {
-    copy(host_src, n, dst);
-  }
-
-  template <class T>
-  static void gemm(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a, index_t lda,
-                   const T* b, index_t ldb, T beta, T* c, index_t ldc) {
-    backend::eigen::gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
-  }
-  template <class T>
-  static void gemm_batched(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a,
-                           index_t lda, index_t stride_a, const T* b, index_t ldb, index_t stride_b, T beta, T* c,
-                           index_t ldc, index_t stride_c, index_t count) {
-    backend::eigen::gemm_batched(system::threaded, trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb,
-                                 stride_b, beta, c, ldc, stride_c, count);
-  }
-  template <class T>
-  static void gemm_batched_sum(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a,
-                               index_t lda, index_t stride_a, const T* b, index_t ldb, index_t stride_b, T beta, T* c,
-                               index_t ldc, index_t count) {
-    backend::eigen::gemm_batched_sum(system::threaded, trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb,
-                                     stride_b, beta, c, ldc, count);
-  }
+  // copy, copy_to_host, copy_from_host and the GEMMs (Eigen): host_memory_ops.
 };
 
 #if defined(__CUDACC__)
@@ -256,29 +231,17 @@ inline void gemm_strided_column_major(cublasHandle_t h, bool ta, bool tb, int m,
 
 /// thrust<cuda>: device memory, Thrust kernels and cuBLAS on the calling
 /// thread's stream.
+template <class T>
+using cuda_vector = ::thrust::cuda::vector<T>;
+
 template <>
-struct backend_ops<backend::thrust<backend::system::cuda>> {
-  template <class T>
-  using storage = ::thrust::cuda::vector<T>;
+struct backend_ops<backend::thrust<backend::system::cuda>> : backend::detail::thrust_vector_storage<cuda_vector> {
   static constexpr bool host_accessible = false;
 
   static cudaStream_t stream() { return backend::detail::cuda_context::current().stream; }
   static cublasHandle_t handle() { return backend::detail::cuda_context::current().handle; }
   // No synchronization after each kernel: the stream orders the work.
   static auto policy() { return ::thrust::cuda::par_nosync.on(stream()); }
-
-  template <class T>
-  static storage<T> allocate(index_t n) {
-    return storage<T>(static_cast<std::size_t>(n));
-  }
-  template <class T>
-  static T* data(storage<T>& s) {
-    return ::thrust::raw_pointer_cast(s.data());
-  }
-  template <class T>
-  static const T* data(const storage<T>& s) {
-    return ::thrust::raw_pointer_cast(s.data());
-  }
 
   template <class F>
   static void for_each_index(index_t n, F f) {

@@ -19,6 +19,14 @@
 #if OPNORM_HAVE_THRUST || defined(__CUDACC__)
 #include <opnorm/backend/thrust.hpp>
 #endif
+// The host build offers the Thrust host systems; the nvcc build (cuda_<name>)
+// offers cuda in their place, which halves what nvcc compiles: the host
+// systems are one program away, in the host build.
+#if defined(__CUDACC__)
+#define OPNORM_EXAMPLE_HOST_THRUST 0
+#else
+#define OPNORM_EXAMPLE_HOST_THRUST OPNORM_HAVE_THRUST
+#endif
 #include <opnorm/attacks.hpp>
 #include <opnorm/data/data.hpp>
 #include <opnorm/io/checkpoint.hpp>
@@ -40,7 +48,7 @@ struct settings {
 /// The --backend values this build offers (cuda only when compiled by nvcc).
 const std::vector<std::string> backend_names = {
     "cpu",
-#if OPNORM_HAVE_THRUST || defined(__CUDACC__)
+#if OPNORM_EXAMPLE_HOST_THRUST
     "thrust-omp", "thrust-cpp",
 #endif
 #if defined(__CUDACC__)
@@ -96,9 +104,12 @@ int main(int argc, char** argv) {
   app.add_option("--data-dir", s.data_dir, "Fashion-MNIST folder")->capture_default_str();
   app.add_option("--seed", s.seed, "random starts")->capture_default_str();
   app.add_option("--backend", s.backend,
-                 "where the attack runs: cpu, thrust-omp or thrust-cpp (Thrust's host systems)"
 #if defined(__CUDACC__)
-                 ", or cuda"
+                 "where the attack runs: cpu or cuda (this is the nvcc build; the host build offers thrust-omp and "
+                 "thrust-cpp)"
+#else
+                 "where the attack runs: cpu, thrust-omp or thrust-cpp (Thrust's host systems; the nvcc build "
+                 "cuda_<program> offers cuda)"
 #endif
                  "; the checkpoint may come from any backend")
       ->check(CLI::IsMember(backend_names))
@@ -112,7 +123,7 @@ int main(int argc, char** argv) {
   try {
     // The one place a backend is chosen.
     if (s.backend == "cpu") attack_on<backend::cpu>(s);
-#if OPNORM_HAVE_THRUST || defined(__CUDACC__)
+#if OPNORM_EXAMPLE_HOST_THRUST
     else if (s.backend == "thrust-omp") attack_on<backend::thrust_omp>(s);
     else if (s.backend == "thrust-cpp") attack_on<backend::thrust_cpp>(s);
 #endif

@@ -40,6 +40,14 @@
 #if OPNORM_HAVE_THRUST || defined(__CUDACC__)
 #include <opnorm/backend/thrust.hpp>
 #endif
+// The host build offers the Thrust host systems; the nvcc build (cuda_<name>)
+// offers cuda in their place, which halves what nvcc compiles: the host
+// systems are one program away, in the host build.
+#if defined(__CUDACC__)
+#define OPNORM_EXAMPLE_HOST_THRUST 0
+#else
+#define OPNORM_EXAMPLE_HOST_THRUST OPNORM_HAVE_THRUST
+#endif
 #include <opnorm/data/data.hpp>
 #include <opnorm/io/checkpoint.hpp>
 #include <opnorm/methods/adversarial.hpp>
@@ -92,7 +100,7 @@ struct config {
 /// headers were found.
 const std::vector<std::string> backend_names = {
     "cpu",
-#if OPNORM_HAVE_THRUST || defined(__CUDACC__)
+#if OPNORM_EXAMPLE_HOST_THRUST
     "thrust-omp", "thrust-cpp",
 #endif
 #if defined(__CUDACC__)
@@ -408,9 +416,12 @@ int main(int argc, char** argv) {
                  "continue the run saved in this checkpoint (a last.safetensors); other options default to the "
                  "checkpoint's and must match it, except --epochs");
   app.add_option("--backend", c.backend,
-                 "where the model trains: cpu, thrust-omp or thrust-cpp (Thrust's host systems)"
 #if defined(__CUDACC__)
-                 ", or cuda"
+                 "where the model trains: cpu or cuda (this is the nvcc build; the host build offers thrust-omp and "
+                 "thrust-cpp)"
+#else
+                 "where the model trains: cpu, thrust-omp or thrust-cpp (Thrust's host systems; the nvcc build "
+                 "cuda_<program> offers cuda)"
 #endif
                  "; checkpoints load on any backend")
       ->check(CLI::IsMember(backend_names))
@@ -452,7 +463,7 @@ int main(int argc, char** argv) {
     }
     // The one place a backend is chosen; everything below is generic.
     if (c.backend == "cpu") train_on<backend::cpu>(c, dir);
-#if OPNORM_HAVE_THRUST || defined(__CUDACC__)
+#if OPNORM_EXAMPLE_HOST_THRUST
     else if (c.backend == "thrust-omp") train_on<backend::thrust_omp>(c, dir);
     else if (c.backend == "thrust-cpp") train_on<backend::thrust_cpp>(c, dir);
 #endif

@@ -24,5 +24,5 @@ fi
 cuda_build="${OPNORM_CUDA_BUILD_DIR:-build-cuda}"
 cmake -S . -B "$cuda_build" -DCMAKE_BUILD_TYPE=Release -DOPNORM_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc_path" \
   -DOPNORM_BUILD_BENCHMARKS=OFF >/dev/null
-cmake --build "$cuda_build" -j "$(nproc)" --target cuda_test_backend_agreement cuda_train
+cmake --build "$cuda_build" -j "$(nproc)" --target opnorm_cuda_ci
 (cd "$cuda_build" && ctest --output-on-failure -R '^cuda_')

@@ -86,12 +86,13 @@ struct config {
   std::string init;         // start from this model checkpoint (fine-tuning)
   index_t progress_every = 50;
   // Robust training methods (eps in [0, 1] pixel units, l2).
-  double eps = 1.75;
+  double eps = 0.875;        // the paper's 1.75 on [-1, 1] images
   double alpha = 0;         // adversarial: 0 means 2 eps / iterations
   int iterations = 10;      // PGA or power iterations per step (global_snr: per weight)
   double lambda = -1;       // < 0: the method's default
   std::string objective = "eq10";      // adversarial: eq10 (clean + lambda adversarial) or madry
   std::string regularizer = "sum_of_squares";  // data_dependent_snr: sum_of_squares (Eq. 9) or jacobian (Eq. 8)
+  std::string batch_statistics = "clean_batch";  // data_dependent_snr: clean_batch, independent_batches or running
   std::string backend = "cpu";  // not a trajectory setting: a checkpoint resumes on any backend
 };
 
@@ -157,7 +158,7 @@ std::vector<setting> trajectory_settings(config& c) {
       {"--iterations", setting{"", [&c] { return std::to_string(c.iterations); },
                                [&c](const std::string& v) { c.iterations = std::stoi(v); }}},
       {"--lambda", real(c.lambda)},           {"--objective", text(c.objective)},
-      {"--regularizer", text(c.regularizer)},
+      {"--regularizer", text(c.regularizer)}, {"--batch-statistics", text(c.batch_statistics)},
       {"--seed", setting{"", [&c] { return std::to_string(c.seed); },
                          [&c](const std::string& v) { c.seed = std::stoull(v); }}},
   };
@@ -189,6 +190,12 @@ void merge_resumed_config(config& c, const CLI::App& app, const safetensors::met
   std::string conflicts;
   for (const auto& s : trajectory_settings(c)) {
     const auto found = stored.find("config." + s.flag);
+    // Checkpoints written before --batch-statistics existed trained
+    // data-dependent SNR with independent train-mode passes.
+    if (found == stored.end() && s.flag == "--batch-statistics") {
+      if (app.count(s.flag) == 0) s.set("independent_batches");
+      continue;
+    }
     if (found == stored.end())
       throw std::runtime_error("--resume: '" + path.string() + "' has no '" + s.flag +
                                "' setting; it was not written by this program");
@@ -253,9 +260,18 @@ void with_method(const config& c, Model& model, F&& f) {
     data_dependent_snr<l2> method;
     method.eps = c.eps;
     method.iterations = c.iterations;
-    if (c.lambda >= 0) method.lambda = c.lambda;
+    // The default lambda is a sum-of-squares weight; the Jacobian form needs
+    // eps^2 times it for the same penalty (docs/batch-statistics.md).
+    if (c.lambda >= 0)
+      method.lambda = c.lambda;
+    else if (c.regularizer == "jacobian")
+      method.lambda *= c.eps * c.eps;
     method.regularizer = c.regularizer == "jacobian" ? data_dependent_snr<l2>::form::jacobian
                                                      : data_dependent_snr<l2>::form::sum_of_squares;
+    using statistics = typename data_dependent_snr<l2>::statistics;
+    method.batch_statistics = c.batch_statistics == "independent_batches" ? statistics::independent_batches
+                              : c.batch_statistics == "running"           ? statistics::running
+                                                                          : statistics::clean_batch;
     method.seed = c.seed;
     f(method);
   } else {
@@ -377,11 +393,17 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("--lambda", c.lambda,
-                 "regularization weight (default: adversarial 1, global_snr 3e-4, data_dependent_snr 0.03)");
+                 "regularization weight (default: adversarial 1, global_snr 3e-4, data_dependent_snr 0.03 in the "
+                 "sum_of_squares form and 0.03 eps^2 in the jacobian form, the same penalty to first order)");
   app.add_option("--objective", c.objective, "adversarial: eq10 (clean + lambda adversarial loss) or madry")
       ->capture_default_str();
   app.add_option("--regularizer", c.regularizer,
                  "data_dependent_snr: sum_of_squares (Eq. 9) or jacobian (Eq. 8)")
+      ->capture_default_str();
+  app.add_option("--batch-statistics", c.batch_statistics,
+                 "data_dependent_snr, sum_of_squares form: the BatchNorm statistics of the penalty's passes: "
+                 "clean_batch (the perturbed pass uses the clean batch's), independent_batches (each pass its own, "
+                 "as the authors' code) or running (eval mode)")
       ->capture_default_str();
   app.add_option("--init", c.init, "start from the model in this checkpoint (fine-tuning, as the paper does)");
   app.add_option("--optimizer", c.optimizer, "sgd or adam")->check(CLI::IsMember({"sgd", "adam"}))->capture_default_str();
@@ -453,6 +475,9 @@ int main(int argc, char** argv) {
     if (c.objective != "eq10" && c.objective != "madry") throw std::runtime_error("--objective must be eq10 or madry");
     if (c.regularizer != "sum_of_squares" && c.regularizer != "jacobian")
       throw std::runtime_error("--regularizer must be sum_of_squares or jacobian");
+    if (c.batch_statistics != "clean_batch" && c.batch_statistics != "independent_batches" &&
+        c.batch_statistics != "running")
+      throw std::runtime_error("--batch-statistics must be clean_batch, independent_batches or running");
     if (!c.init.empty() && !c.resume.empty()) throw std::runtime_error("--init starts a new run and --resume continues one: give one of them");
 
     std::string dir = c.data_dir;

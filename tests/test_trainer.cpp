@@ -23,6 +23,9 @@
 #include <opnorm/layers/max_pool2d.hpp>
 #include <opnorm/layers/relu.hpp>
 #include <opnorm/losses.hpp>
+#include <opnorm/methods/adversarial.hpp>
+#include <opnorm/methods/data_dependent_snr.hpp>
+#include <opnorm/methods/global_snr.hpp>
 #include <opnorm/methods/standard.hpp>
 #include <opnorm/sequential.hpp>
 #include <opnorm/train/train.hpp>
@@ -108,6 +111,45 @@ std::vector<unsigned char> optimizer_bytes(Optimizer& optimizer) {
   return bytes;
 }
 
+// The method's counters (its batch counter, for the methods that seed
+// random starts from one); empty for methods without any.
+template <class Method>
+std::vector<std::int64_t> method_counters(Method& method) {
+  std::vector<std::int64_t> values;
+  if constexpr (detail::has_counters<Method>::value)
+    for (const named_counter& c : method.counters()) values.push_back(*c.value);
+  return values;
+}
+
+// Every byte of the method's persistent tensors (global SNR's u vectors).
+template <class Method>
+std::vector<unsigned char> method_tensor_bytes(Method& method) {
+  std::vector<unsigned char> bytes;
+  if constexpr (detail::has_state<Method>::value)
+    for (auto& b : method.state().buffers) {
+      const auto* p = reinterpret_cast<const unsigned char*>(b.value->data());
+      bytes.insert(bytes.end(), p, p + sizeof(*b.value->data()) * b.value->size());
+    }
+  return bytes;
+}
+
+// Robust methods with two iterations, enough to draw a random start per
+// batch and keep the test fast.
+adversarial<l2> small_adversarial() {
+  adversarial<l2> m;
+  m.iterations = 2;
+  m.eps = 0.5;
+  m.seed = 5;
+  return m;
+}
+data_dependent_snr<l2> small_data_dependent_snr() {
+  data_dependent_snr<l2> m;
+  m.iterations = 2;
+  m.eps = 0.5;
+  m.seed = 5;
+  return m;
+}
+
 // A fresh, empty folder for one test's files.
 fs::path scratch_folder(const std::string& name) {
   const fs::path dir = fs::temp_directory_path() / ("opnorm_test_trainer_" + name);
@@ -187,33 +229,37 @@ TEST_CASE("resuming from the checkpoint after epoch 1 is bit-identical to an unb
   const fs::path dir = scratch_folder("resume");
   const fs::path checkpoint = dir / "last.safetensors";
 
-  auto check_resume = [&](auto make_optimizer) {
+  // make_method(model) builds the method for a model: global SNR draws its
+  // vectors for the model's weights; the others ignore the model.
+  auto check_resume = [&](auto make_method, auto make_optimizer) {
     fit_options o = small_options(2, 33);
     o.augmentation = pad_crop_flip(1);
     const cosine_schedule schedule(0.05, 2, 1);
 
     auto unbroken = make_conv_net<float>(8);
-    standard m1;
+    auto m1 = make_method(unbroken);
     auto opt1 = make_optimizer(unbroken);
     fit(unbroken, m1, opt1, schedule, train, test, o);
 
     // The interrupted run: the same start, stopped after epoch 1.
     auto first_half = make_conv_net<float>(8);
-    standard m2;
+    auto m2 = make_method(first_half);
     auto opt2 = make_optimizer(first_half);
     const fit_result part = fit(first_half, m2, opt2, schedule, train, test, o, checkpoint_each_epoch(checkpoint),
                                 stop_after{1});
     CHECK(part.stopped_early);
     REQUIRE(part.history.size() == 1);
 
-    // A new process: a model initialized differently, restored from the file.
+    // A new process: a model initialized differently, a fresh method and
+    // optimizer, all restored from the file.
     auto resumed = make_conv_net<float>(999);
-    standard m3;
+    auto m3 = make_method(resumed);
     auto opt3 = make_optimizer(resumed);
     const training_checkpoint info = load_training_checkpoint(checkpoint, resumed, m3, opt3);
     CHECK(info.epochs_completed == 1);
     CHECK(info.seed == 33);
     CHECK(opt3.steps() == opt2.steps());
+    CHECK(method_counters(m3) == method_counters(m2));
     fit_options ro = o;
     ro.start_epoch = info.epochs_completed;
     const fit_result rest = fit(resumed, m3, opt3, schedule, train, test, ro);
@@ -226,13 +272,55 @@ TEST_CASE("resuming from the checkpoint after epoch 1 is bit-identical to an unb
     const auto oa = optimizer_bytes(opt1), ob = optimizer_bytes(opt3);
     REQUIRE(oa.size() == ob.size());
     CHECK(std::memcmp(oa.data(), ob.data(), oa.size()) == 0);
+    CHECK(method_counters(m3) == method_counters(m1));
+    CHECK(method_tensor_bytes(m3) == method_tensor_bytes(m1));
   };
-  SUBCASE("sgd with momentum") {
-    check_resume([](auto& model) { return sgd(model, sgd_options{0.05, 0.9, 5e-4, false}); });
+  auto sgd_momentum = [](auto& model) { return sgd(model, sgd_options{0.05, 0.9, 5e-4, false}); };
+  SUBCASE("standard, sgd with momentum") {
+    check_resume([](auto&) { return standard{}; }, sgd_momentum);
   }
-  SUBCASE("adam (its bias correction depends on the restored step count)") {
-    check_resume([](auto& model) { return adam(model, adam_options{1e-3, 0.9, 0.999, 1e-8, 1e-4}); });
+  SUBCASE("standard, adam (its bias correction depends on the restored step count)") {
+    check_resume([](auto&) { return standard{}; },
+                 [](auto& model) { return adam(model, adam_options{1e-3, 0.9, 0.999, 1e-8, 1e-4}); });
   }
+  SUBCASE("adversarial (each batch's random start depends on the restored step counter)") {
+    check_resume([](auto&) { return small_adversarial(); }, sgd_momentum);
+  }
+  SUBCASE("data_dependent_snr (each batch's random start depends on the restored step counter)") {
+    check_resume([](auto&) { return small_data_dependent_snr(); }, sgd_momentum);
+  }
+  SUBCASE("global_snr (its persistent vectors are restored)") {
+    check_resume([](auto& model) { return global_snr<float>(model, 0.01, 1, 3); }, sgd_momentum);
+  }
+}
+
+TEST_CASE("a checkpoint without the method's step counter is refused, and changes nothing") {
+  const auto train = synthetic<float>(64, 9);
+  const fs::path dir = scratch_folder("no_counter");
+  const fs::path path = dir / "c.safetensors";
+  auto model = make_dense_net<float>(1);
+  auto method = small_adversarial();
+  sgd optimizer(model, sgd_options{0.05, 0.9, 0.0, false});
+  fit(model, method, optimizer, constant_schedule(0.05), train, dataset<float>{}, small_options(1),
+      checkpoint_each_epoch(path));
+
+  // The file as a run that did not save the counter would have written it.
+  safetensors::contents file = safetensors::read(path);
+  REQUIRE(file.tensors.count("method.step") == 1);
+  CHECK(safetensors::decode<std::int64_t>(file.tensors.at("method.step"), "method.step")[0] == 2);  // 64 / 32
+  file.tensors.erase("method.step");
+  safetensors::write(path, file.tensors, file.metadata);
+
+  auto other = make_dense_net<float>(2);
+  auto other_method = small_adversarial();
+  sgd other_optimizer(other, sgd_options{0.05, 0.9, 0.0, false});
+  const auto before = state_bytes(other);
+  const auto optimizer_before = optimizer_bytes(other_optimizer);
+  CHECK_THROWS_WITH_AS(load_training_checkpoint(path, other, other_method, other_optimizer),
+                       doctest::Contains("missing counter 'method.step'"), checkpoint_error);
+  CHECK(state_bytes(other) == before);
+  CHECK(optimizer_bytes(other_optimizer) == optimizer_before);
+  CHECK(method_counters(other_method) == std::vector<std::int64_t>{0});
 }
 
 TEST_CASE("a checkpoint refuses to resume a run with another optimizer, and changes nothing") {

@@ -12,6 +12,7 @@
 //   random_direction(x, seed, v)          a random unit vector per example
 #include <cmath>
 #include <cstdint>
+#include <limits>
 
 #include "per_example.hpp"
 #include "random.hpp"
@@ -35,11 +36,32 @@ struct l2 {
     const T* gs = g.data();
     T* vs = v.data();
     backend_ops<B>::for_each_segment(n, d, [=] OPNORM_HD(index_t i) {
-      T s = T(0);
-      for (index_t j = 0; j < d; ++j) s += gs[i * d + j] * gs[i * d + j];
+      // Scaled by the largest magnitude before squaring, as BLAS nrm2 does:
+      // squares of float gradients around 1e-23 underflow to 0, and those
+      // around 1e+20 overflow, and either would lose the direction.
+      T largest = T(0);
+      bool finite = true;
+      for (index_t j = 0; j < d; ++j) {
+        const T a = std::abs(gs[i * d + j]);
+        finite = finite && a <= std::numeric_limits<T>::max();  // false for NaN and inf
+        largest = a > largest ? a : largest;
+      }
+      if (!finite) {  // a NaN or infinite gradient has no direction: say so with NaN, never a quiet 0
+        for (index_t j = 0; j < d; ++j) vs[i * d + j] = std::numeric_limits<T>::quiet_NaN();
+        return;
+      }
       // A zero gradient has no ascent direction: return 0, never 0/0.
-      const T scale = s > T(0) ? T(1) / std::sqrt(s) : T(0);
-      for (index_t j = 0; j < d; ++j) vs[i * d + j] = gs[i * d + j] * scale;
+      if (largest == T(0)) {
+        for (index_t j = 0; j < d; ++j) vs[i * d + j] = T(0);
+        return;
+      }
+      T s = T(0);
+      for (index_t j = 0; j < d; ++j) {
+        const T r = gs[i * d + j] / largest;
+        s += r * r;
+      }
+      const T root = std::sqrt(s);  // in [1, sqrt(d)]: no underflow, no overflow
+      for (index_t j = 0; j < d; ++j) vs[i * d + j] = (gs[i * d + j] / largest) / root;
     });
   }
 
@@ -115,7 +137,8 @@ struct linf {
     const T* gs = g.data();
     T* vs = v.data();
     backend_ops<B>::for_each_index(g.size(), [=] OPNORM_HD(index_t i) {
-      vs[i] = gs[i] > T(0) ? T(1) : (gs[i] < T(0) ? T(-1) : T(0));
+      // sign(g), with NaN kept: a NaN gradient must not become a quiet 0.
+      vs[i] = gs[i] > T(0) ? T(1) : (gs[i] < T(0) ? T(-1) : (gs[i] == gs[i] ? T(0) : gs[i]));
     });
   }
 

@@ -78,6 +78,27 @@ class sequential {
     return t.activations[until];
   }
 
+  /// The train-mode map at another input with the batch statistics of an
+  /// earlier train-mode pass: every layer that normalizes with batch
+  /// statistics (it has forward_with_statistics_of) borrows them from
+  /// `lender`, a tape recorded by forward(..., mode::train) on the clean
+  /// batch; every other layer runs in mode::train. Nothing in the model
+  /// changes (running statistics included), and example i's output depends
+  /// on input i alone. Data-dependent SNR evaluates f(x + eps v) this way.
+  ///
+  /// The gradient is exact: backpropagating through this tape with
+  /// parameter gradients hands the statistics' gradients to `lender`, whose
+  /// own vjp must therefore run afterwards. `lender` must outlive this tape.
+  const tensor_type& forward_with_statistics_of(const tensor_type& x, tape& t, tape& lender) {
+    if (lender.forward_mode != mode::train)
+      throw std::invalid_argument("opnorm::sequential: statistics can only be borrowed from a train-mode pass");
+    t.forward_mode = mode::train;
+    t.activations[0].resize(x.shape());
+    backend_ops<backend_type>::copy(x.data(), x.size(), t.activations[0].data());
+    forward_layers_borrowing(t, lender, std::index_sequence_for<Layers...>{});
+    return t.activations[depth];
+  }
+
   /// Eval-mode logits without keeping a tape.
   tensor_type predict(const tensor_type& x) {
     tape t;
@@ -145,6 +166,28 @@ class sequential {
                                                       std::get<I>(t.caches), m)
                 : (void)0),
      ...);
+  }
+
+  template <class L, class = void>
+  struct has_borrowed_statistics : std::false_type {};
+  template <class L>
+  struct has_borrowed_statistics<L, std::void_t<decltype(std::declval<L&>().forward_with_statistics_of(
+                                        std::declval<const tensor_type&>(), std::declval<tensor_type&>(),
+                                        std::declval<typename L::cache&>(), std::declval<typename L::cache&>()))>>
+      : std::true_type {};
+
+  template <std::size_t... I>
+  void forward_layers_borrowing(tape& t, tape& lender, std::index_sequence<I...>) {
+    auto step = [&](auto index) {
+      constexpr std::size_t L = decltype(index)::value;
+      auto& layer = std::get<L>(layers_);
+      if constexpr (has_borrowed_statistics<std::decay_t<decltype(layer)>>::value)
+        layer.forward_with_statistics_of(t.activations[L], t.activations[L + 1], std::get<L>(t.caches),
+                                         std::get<L>(lender.caches));
+      else
+        layer.forward(t.activations[L], t.activations[L + 1], std::get<L>(t.caches), mode::train);
+    };
+    (step(std::integral_constant<std::size_t, I>{}), ...);
   }
 
   // Walks the layers backwards: I runs over 0..L-1 and the layer visited is L-1-I.
@@ -244,6 +287,36 @@ class sequential {
 
   std::tuple<Layers...> layers_;
   std::size_t first_trainable_ = 0;  // index of the first layer with trainable parameters
+};
+
+/// A model seen as its train-mode map with the batch statistics of one
+/// recorded train-mode pass held fixed: forward(x, t, m) is
+/// model.forward_with_statistics_of(x, t, lender) whatever m says, and vjp
+/// and jvp are the model's. The power-iteration kernel runs on it as it is,
+/// so data-dependent SNR's v maximizes the very residual its penalty
+/// measures (methods/data_dependent_snr.hpp).
+template <class Model>
+class with_batch_statistics_of {
+ public:
+  using scalar = typename Model::scalar;
+  using backend_type = typename Model::backend_type;
+  using tensor_type = typename Model::tensor_type;
+  using tape = typename Model::tape;
+
+  /// lender: a tape holding model.forward(x, lender, mode::train).
+  with_batch_statistics_of(Model& model, tape& lender) : model_(model), lender_(lender) {}
+
+  const tensor_type& forward(const tensor_type& x, tape& t, mode = mode::train) {
+    return model_.forward_with_statistics_of(x, t, lender_);
+  }
+  void vjp(tape& t, const tensor_type& gy, tensor_type* gx, bool parameter_gradients) {
+    model_.vjp(t, gy, gx, parameter_gradients);
+  }
+  void jvp(tape& t, const tensor_type& dx, tensor_type& dy) { model_.jvp(t, dx, dy); }
+
+ private:
+  Model& model_;
+  tape& lender_;
 };
 
 }  // namespace opnorm

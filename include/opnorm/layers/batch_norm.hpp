@@ -43,9 +43,22 @@ class batch_norm {
 
   /// The per-channel statistics the forward pass normalized with, and
   /// whether they were the batch's own (then they depend on the input).
+  ///
+  /// A pass may also borrow another pass's batch statistics
+  /// (forward_with_statistics_of): data-dependent SNR evaluates
+  /// f(x + eps v) with the clean batch's statistics, so that each residual
+  /// depends on its own example only. The borrowed statistics are still
+  /// functions of the clean batch, hence of the parameters below this layer,
+  /// so the borrowing pass's backward leaves dL/dmu and dL/d(1/s) in the
+  /// lender's cache, and the lender's backward (which must run after it)
+  /// carries them on to the clean inputs. That makes the gradient exact.
   struct cache {
     bool batch_statistics = false;
     tensor<T, Backend> mean, inv_std;  // (C): mu and 1 / sqrt(var + eps)
+    cache* lender = nullptr;           // set when the statistics are borrowed from another pass
+    // Filled by borrowers' backward passes, consumed by this pass's own.
+    mutable bool statistics_gradient_pending = false;
+    mutable tensor<T, Backend> mean_gradient, inv_std_gradient;  // (C)
   };
 
   explicit batch_norm(index_t features, bool affine = true, double momentum = 0.1,
@@ -109,6 +122,8 @@ class batch_norm {
     y.resize(output_shape(x.shape()));
     const index_t C = features_, N = x.dim(0), S = spatial_size(x.shape()), M = N * S;
     c.batch_statistics = m == mode::train;
+    c.lender = nullptr;
+    c.statistics_gradient_pending = false;
     c.mean.resize({C});
     c.inv_std.resize({C});
     T* mean = c.mean.data();
@@ -116,9 +131,6 @@ class batch_norm {
     T* rm = running_mean_.data();
     T* rv = running_var_.data();
     const T* xs = x.data();
-    T* ys = y.data();
-    const T* gamma = affine_ ? weight_.data() : nullptr;
-    const T* beta = affine_ ? bias_.data() : nullptr;
     const accumulator eps = static_cast<accumulator>(eps_);
 
     if (m == mode::train) {
@@ -158,27 +170,43 @@ class batch_norm {
       });
     }
 
-    const T* mu = mean;
-    const T* is = inv_std;
-    backend_ops<Backend>::for_each_index(N * C, [=] OPNORM_HD(index_t r) {
-      const index_t ch = r % C;
-      const T scale = (gamma ? gamma[ch] : T(1)) * is[ch];
-      const T shift = (beta ? beta[ch] : T(0)) - mu[ch] * scale;
-      const T* in = xs + r * S;
-      T* out = ys + r * S;
-      for (index_t i = 0; i < S; ++i) out[i] = in[i] * scale + shift;
-    });
+    normalize(x, c, y);
+  }
+
+  /// The train-mode map with another pass's batch statistics: y = gamma *
+  /// (x - mu_B) / s_B + beta with mu_B, s_B taken from lender (a train-mode
+  /// pass on the clean batch). Running statistics are not touched. With
+  /// respect to x this is a per-channel affine map; the dependence on the
+  /// lender's inputs is carried by vjp (see cache).
+  void forward_with_statistics_of(const tensor<T, Backend>& x, tensor<T, Backend>& y, cache& c, cache& lender) {
+    y.resize(output_shape(x.shape()));
+    if (!lender.batch_statistics || lender.mean.size() != features_)
+      throw std::invalid_argument("opnorm::batch_norm: statistics can only be borrowed from a train-mode pass");
+    c.batch_statistics = false;
+    c.lender = &lender;
+    c.statistics_gradient_pending = false;
+    assign(lender.mean, c.mean);
+    assign(lender.inv_std, c.inv_std);
+    normalize(x, c, y);
   }
 
   void vjp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache& c,
            const tensor<T, Backend>& gy, tensor<T, Backend>* gx, bool parameter_gradients) {
     if (gx) gx->resize(x.shape());
     const bool parameters = parameter_gradients && affine_;
+    // Borrowed statistics depend on the parameters below this layer through
+    // the lender's inputs: hand dL/dmu and dL/d(1/s) to the lender. Power
+    // iterations (no parameter gradients) leave the lender alone.
+    if (c.lender && parameter_gradients) lend_statistics_gradient(x, c, gy);
     if (!gx && !parameters) return;
     // The train-mode map is symmetric, so J^T gy is J applied to gy; in
     // eval mode both are the per-channel scaling.
     apply_jacobian(x, c, gy, gx ? gx->data() : nullptr, parameters ? weight_grad_.data() : nullptr,
                    parameters ? bias_grad_.data() : nullptr);
+    if (gx && c.statistics_gradient_pending) {
+      add_statistics_gradient(x, c, gx->data());
+      c.statistics_gradient_pending = false;  // consumed: a second backward must not add it again
+    }
   }
 
   void jvp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache& c,
@@ -258,6 +286,84 @@ class batch_norm {
   // lambda inside a private or protected member function, so they are
   // public; they are not part of the interface.
  public:
+  // y = gamma * (x - mean) * inv_std + beta with the statistics in c.
+  void normalize(const tensor<T, Backend>& x, const cache& c, tensor<T, Backend>& y) const {
+    const index_t C = features_, N = x.dim(0), S = spatial_size(x.shape());
+    const T* xs = x.data();
+    T* ys = y.data();
+    const T* gamma = affine_ ? weight_.data() : nullptr;
+    const T* beta = affine_ ? bias_.data() : nullptr;
+    const T* mu = c.mean.data();
+    const T* is = c.inv_std.data();
+    backend_ops<Backend>::for_each_index(N * C, [=] OPNORM_HD(index_t r) {
+      const index_t ch = r % C;
+      const T scale = (gamma ? gamma[ch] : T(1)) * is[ch];
+      const T shift = (beta ? beta[ch] : T(0)) - mu[ch] * scale;
+      const T* in = xs + r * S;
+      T* out = ys + r * S;
+      for (index_t i = 0; i < S; ++i) out[i] = in[i] * scale + shift;
+    });
+  }
+
+
+  // Borrowing pass, y' = gamma (x' - mu) inv_std + beta: accumulates
+  // dL/dmu = -gamma inv_std sum(gy) and dL/dinv_std = gamma sum(gy (x' - mu))
+  // per channel into the lender's cache.
+  void lend_statistics_gradient(const tensor<T, Backend>& x, const cache& c, const tensor<T, Backend>& gy) const {
+    const index_t C = features_, N = x.dim(0), S = spatial_size(x.shape());
+    cache& lender = *c.lender;
+    if (!lender.statistics_gradient_pending) {
+      lender.mean_gradient.resize({C});
+      lender.inv_std_gradient.resize({C});
+      lender.mean_gradient.fill(T(0));
+      lender.inv_std_gradient.fill(T(0));
+      lender.statistics_gradient_pending = true;
+    }
+    const T* xs = x.data();
+    const T* gs = gy.data();
+    const T* mean = c.mean.data();
+    const T* inv_std = c.inv_std.data();
+    const T* gamma = affine_ ? weight_.data() : nullptr;
+    T* mean_gradient = lender.mean_gradient.data();
+    T* inv_std_gradient = lender.inv_std_gradient.data();
+    backend_ops<Backend>::for_each_segment(C, N * S, [=] OPNORM_HD(index_t ch) {
+      const T mu = mean[ch];
+      detail::interleaved_sum<accumulator> g_sum, g_centered_sum;
+      for (index_t n = 0; n < N; ++n) {
+        const T* xr = xs + (n * C + ch) * S;
+        const T* gr = gs + (n * C + ch) * S;
+        g_sum.add(S, [=](index_t i) { return static_cast<accumulator>(gr[i]); });
+        g_centered_sum.add(S, [=](index_t i) {
+          return static_cast<accumulator>(gr[i]) * static_cast<accumulator>(xr[i] - mu);
+        });
+      }
+      const accumulator scale = gamma ? static_cast<accumulator>(gamma[ch]) : accumulator(1);
+      mean_gradient[ch] += static_cast<T>(-scale * static_cast<accumulator>(inv_std[ch]) * g_sum.total());
+      inv_std_gradient[ch] += static_cast<T>(scale * g_centered_sum.total());
+    });
+  }
+
+  // Lending pass: with mu = mean(x) and inv_std = (var(x) + eps)^(-1/2) over
+  // the channel's M elements, dmu/dx_j = 1 / M and dinv_std/dx_j =
+  // -inv_std^2 xhat_j / M, so gx_j += (dL/dmu - dL/dinv_std inv_std^2 xhat_j) / M.
+  void add_statistics_gradient(const tensor<T, Backend>& x, const cache& c, T* gx) const {
+    const index_t C = features_, N = x.dim(0), S = spatial_size(x.shape());
+    const T M = static_cast<T>(N * S);
+    const T* xs = x.data();
+    const T* mean = c.mean.data();
+    const T* inv_std = c.inv_std.data();
+    const T* mean_gradient = c.mean_gradient.data();
+    const T* inv_std_gradient = c.inv_std_gradient.data();
+    backend_ops<Backend>::for_each_index(N * C, [=] OPNORM_HD(index_t r) {
+      const index_t ch = r % C;
+      const T mu = mean[ch], is = inv_std[ch];
+      const T a = mean_gradient[ch] / M, b = inv_std_gradient[ch] * is * is / M;
+      const T* xr = xs + r * S;
+      T* o = gx + r * S;
+      for (index_t i = 0; i < S; ++i) o[i] += a - b * ((xr[i] - mu) * is);
+    });
+  }
+
   // Elements per (example, channel): 1 for (N, C) input, H * W for (N, C, H, W).
   static index_t spatial_size(const shape_t& in) {
     return shape_size(shape_t(in.begin() + 2, in.end()));

@@ -8,6 +8,14 @@
 // forward half, projected step), run in eval mode so the attack itself
 // changes nothing in the model; the training forward passes then run in
 // train mode. The attack is untargeted: the labels are the true labels.
+//
+// BatchNorm: the clean and the adversarial pass are each normalized by their
+// own batch statistics, and each updates the running statistics, so with
+// Eq. 10 the running statistics see two batches per step, one of them
+// adversarial (with adversarial_only, only the adversarial one). That is what
+// the published PyTorch training loops do (both passes under model.train()),
+// and the test-time map is calibrated on that mixture as part of the method.
+// docs/batch-statistics.md compares this with data-dependent SNR's choice.
 #include "../attacks.hpp"
 #include "method.hpp"
 #include "workspace_cache.hpp"
@@ -21,7 +29,7 @@ struct adversarial {
   static constexpr const char* name = "adversarial";
   using kernel = power_iteration<jacobian_operator<loss_gradient<softmax_cross_entropy>>, Norm, projected_step>;
 
-  double eps = 1.75;     // pixel units ([0, 1] inputs)
+  double eps = 0.875;    // [0, 1] pixel units: the paper's 1.75 on [-1, 1] images
   double alpha = 0;      // 0: 2 * eps / iterations, as in the paper
   int iterations = 10;
   double lambda = 1.0;   // weight of the adversarial loss in Eq. 10
@@ -40,7 +48,7 @@ struct adversarial {
     o.random_start = true;
     o.clip_to_box = true;
     // A fresh random start every batch, reproducible from the seed.
-    o.seed = random::hash(seed, 0xad7, step_++);
+    o.seed = random::hash(seed, 0xad7, static_cast<std::uint64_t>(step_++));
     const auto pairs = kernel{}.run(model, x, &y, o, ws);
     return accumulate_gradients_at(model, tape, x, pairs.point, y);
   }
@@ -67,9 +75,13 @@ struct adversarial {
     return {loss, correct, x.dim(0)};
   }
 
+  /// The step counter, which training checkpoints save as "method.step" so
+  /// that a resumed run draws the random starts an unbroken one would.
+  std::vector<named_counter> counters() { return {{"step", &step_}}; }
+
  private:
   detail::workspace_cache cache_;
-  std::uint64_t step_ = 0;
+  std::int64_t step_ = 0;  // batches seen; seeds each batch's random start
 };
 
 }  // namespace opnorm

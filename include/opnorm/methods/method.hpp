@@ -34,10 +34,15 @@
 //    correct counts the examples the model classified correctly in the
 //    forward pass that loss came from (for adversarial training, at the
 //    adversarial inputs). A non-finite loss or gradient stops training.
-//  * A method with state that must survive a resume (persistent power
-//    iteration vectors) exposes it as `state_list<T, Backend> state()`;
-//    training checkpoints save and restore it as "method.<name>" entries
-//    (train/training_checkpoint.hpp).
+//  * Whatever a method carries from one batch to the next must survive a
+//    resume, or the resumed run is not the unbroken one. Tensors (persistent
+//    power iteration vectors) are exposed as `state_list<T, Backend> state()`;
+//    integer counters as `std::vector<named_counter> counters()`, which needs
+//    no T or Backend, so methods that are not templated on them
+//    (adversarial, data_dependent_snr: the batch counter that seeds their
+//    random starts) can offer it. Training checkpoints save and restore both
+//    as "method.<name>" entries, counters as I64 scalars ("method.step"), and
+//    refuse a file that lacks one (train/training_checkpoint.hpp).
 #include <cstdint>
 #include <stdexcept>
 #include <string>
@@ -45,6 +50,7 @@
 #include <utility>
 #include <vector>
 
+#include "../layers/layer.hpp"  // state_list, named_counter: what methods expose for checkpoints
 #include "../losses.hpp"
 
 namespace opnorm {

@@ -8,13 +8,23 @@
 //   "optimizer.<name>" the optimizer's state(): momentum buffers or Adam's
 //                      moments, and "optimizer.step" (I64 scalar)
 //   "method.<name>"    the training method's state(), for methods that keep
-//                      one (persistent power-iteration vectors)
+//                      one (persistent power-iteration vectors), and its
+//                      counters(), I64 scalars ("method.step": the batch
+//                      counter that seeds adversarial and data-dependent
+//                      SNR's random starts)
 //   metadata           "epochs_completed", "seed", "method", "optimizer",
 //                      plus whatever the caller adds (hyperparameters)
 //
 // Resuming restores all of it; the trainer derives each epoch's data order
 // and augmentation from (seed, epoch), so the resumed run takes the same
 // steps, bit for bit, as one that never stopped.
+//
+// Loading is strict: every entry the run has must be in the file and every
+// entry of the file must belong to the run, or nothing is loaded. That holds
+// for the method's counters too. A file that lacks "method.step" (written
+// before methods saved their counters) is refused rather than resumed with
+// the counter at 0: a counter at 0 would repeat the first epoch's random
+// starts, and the run would silently stop being the one the file promises.
 #include <cstdint>
 #include <filesystem>
 #include <set>
@@ -33,6 +43,25 @@ template <class T, class = void>
 struct has_state : std::false_type {};
 template <class T>
 struct has_state<T, std::void_t<decltype(std::declval<T&>().state())>> : std::true_type {};
+
+// Counters need no scalar type or backend, so methods that are not
+// templated on them (adversarial, data_dependent_snr) can expose theirs as
+// `std::vector<named_counter> counters()`.
+template <class T, class = void>
+struct has_counters : std::false_type {};
+template <class T>
+struct has_counters<T, std::void_t<decltype(std::declval<T&>().counters())>> : std::true_type {};
+
+// Everything of method that a training checkpoint holds: its state() and its
+// counters(), either of which it may lack.
+template <class Model, class Method>
+state_list<typename Model::scalar, typename Model::backend_type> method_state(Method& method) {
+  state_list<typename Model::scalar, typename Model::backend_type> s;
+  if constexpr (has_state<Method>::value) s = method.state();
+  if constexpr (has_counters<Method>::value)
+    for (const named_counter& c : method.counters()) s.counters.push_back(c);
+  return s;
+}
 
 // Adds every tensor and counter of s to entries, named prefix + name.
 template <class T, class B>
@@ -129,7 +158,7 @@ void save_training_checkpoint(const std::filesystem::path& path, Model& model, M
                               safetensors::metadata_map metadata = {}) {
   safetensors::tensor_map extra;
   detail::add_state_entries("optimizer.", optimizer.state(), extra);
-  if constexpr (detail::has_state<Method>::value) detail::add_state_entries("method.", method.state(), extra);
+  detail::add_state_entries("method.", detail::method_state<Model>(method), extra);
   metadata["epochs_completed"] = std::to_string(epochs_completed);
   metadata["seed"] = std::to_string(seed);
   metadata["method"] = Method::name;
@@ -165,10 +194,7 @@ training_checkpoint load_training_checkpoint(const std::filesystem::path& path, 
   std::vector<std::string> problems, used;
   auto optimizer_state = optimizer.state();
   detail::staged_state optimizer_staged("optimizer.", optimizer_state, file.tensors, problems, used);
-  auto method_state = [&] {
-    if constexpr (detail::has_state<Method>::value) return method.state();
-    else return state_list<typename Model::scalar, typename Model::backend_type>{};
-  }();
+  auto method_state = detail::method_state<Model>(method);
   detail::staged_state method_staged("method.", method_state, file.tensors, problems, used);
   {
     const auto model_state = model.state();

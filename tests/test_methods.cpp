@@ -1,7 +1,13 @@
 // The training methods' parameter gradients against central finite
-// differences of their objectives, with the power-iteration output (v, x*,
-// or the weight singular vectors) held fixed, in double, on every backend.
+// differences of their objectives, in double, on every backend: the *_at
+// variants with the power-iteration output (v, x*) given, and
+// accumulate_gradients end to end (standard, adversarial, global SNR), where
+// the test finds the power-iteration output itself, the way each method
+// documents it, and holds it fixed in the finite differences.
 #include "gradient_check.hpp"
+
+#include <map>
+#include <string>
 
 #include <opnorm/layers/batch_norm.hpp>
 #include <opnorm/layers/conv2d.hpp>
@@ -63,14 +69,105 @@ double cross_entropy(small_cnn<B>& net, const tensor<double, B>& x, const label_
   return softmax_cross_entropy::evaluate(net.forward(x, t, mode::train), y, static_cast<tensor<double, B>*>(nullptr));
 }
 
+// Every parameter gradient of the model, by parameter name.
+template <class B>
+std::map<std::string, std::vector<double>> gradients_of(small_cnn<B>& net) {
+  std::map<std::string, std::vector<double>> g;
+  for (auto& p : net.state().parameters) g[p.name] = p.grad->to_vector();
+  return g;
+}
+
+// ||a - b|| over every parameter gradient, and ||b||.
+inline double gradient_distance(const std::map<std::string, std::vector<double>>& a,
+                                const std::map<std::string, std::vector<double>>& b) {
+  double s = 0;
+  for (const auto& [name, values] : b)
+    for (std::size_t i = 0; i < values.size(); ++i) s += (a.at(name)[i] - values[i]) * (a.at(name)[i] - values[i]);
+  return std::sqrt(s);
+}
+inline double gradient_norm(const std::map<std::string, std::vector<double>>& a) {
+  double s = 0;
+  for (const auto& [name, values] : a)
+    for (double v : values) s += v * v;
+  return std::sqrt(s);
+}
+
+// global_snr's persistent left vectors, by weight name ("<param>.u" in its state).
+template <class B>
+std::map<std::string, std::vector<double>> left_vectors(global_snr<double, B>& method) {
+  std::map<std::string, std::vector<double>> u;
+  const std::string suffix = ".u";
+  for (auto& b : method.state().buffers) u[b.name.substr(0, b.name.size() - suffix.size())] = b.value->to_vector();
+  return u;
+}
+
+// One weight matrix's power iteration written out in plain loops, as
+// global_snr documents it: W viewed as (rows = dim 0, cols = the rest),
+// `iterations` times v = normalize(W^T u), u = normalize(W v), then
+// sigma = u^T W v.
+struct weight_pair {
+  std::vector<double> u, v;
+  double sigma = 0;
+};
+
+inline void normalize_in_place(std::vector<double>& a) {
+  double s = 0;
+  for (double e : a) s += e * e;
+  for (double& e : a) e /= std::sqrt(s);
+}
+
+template <class B>
+weight_pair reference_power_iteration(const tensor<double, B>& w, std::vector<double> u, int iterations) {
+  const index_t rows = w.dim(0), cols = w.size() / rows;
+  REQUIRE(static_cast<index_t>(u.size()) == rows);
+  std::vector<double> v(static_cast<std::size_t>(cols));
+  for (int k = 0; k < iterations; ++k) {
+    for (index_t c = 0; c < cols; ++c) {
+      v[c] = 0;
+      for (index_t r = 0; r < rows; ++r) v[c] += w[r * cols + c] * u[r];
+    }
+    normalize_in_place(v);
+    for (index_t r = 0; r < rows; ++r) {
+      u[r] = 0;
+      for (index_t c = 0; c < cols; ++c) u[r] += w[r * cols + c] * v[c];
+    }
+    normalize_in_place(u);
+  }
+  double sigma = 0;
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t c = 0; c < cols; ++c) sigma += u[r] * w[r * cols + c] * v[c];
+  return {u, v, sigma};
+}
+
+// u^T W v for W's current entries, with u and v given.
+template <class B>
+double bilinear(const std::vector<double>& u, const tensor<double, B>& w, const std::vector<double>& v) {
+  const index_t rows = w.dim(0), cols = w.size() / rows;
+  double s = 0;
+  for (index_t r = 0; r < rows; ++r)
+    for (index_t c = 0; c < cols; ++c) s += u[r] * w[r * cols + c] * v[c];
+  return s;
+}
+
+template <class B>
+double l2_distance(const tensor<double, B>& a, const tensor<double, B>& b) {
+  double s = 0;
+  for (index_t i = 0; i < a.size(); ++i) s += (a[i] - b[i]) * (a[i] - b[i]);
+  return std::sqrt(s);
+}
+
 }  // namespace
 
-TEST_CASE_TEMPLATE("data-dependent SNR (Eq. 9): gradients match finite differences with v held fixed", B,
+// With independent train-mode passes (what the authors' code does); the
+// default, the clean batch's statistics in both passes, and the running
+// statistics are checked end to end in test_batch_statistics.cpp.
+TEST_CASE_TEMPLATE("data-dependent SNR (Eq. 9) with independent batch statistics: gradients match finite differences with v held fixed", B,
                    OPNORM_TEST_BACKENDS) {
   using tensor_t = tensor<double, B>;
   using net_t = small_cnn<B>;
   fixture<B> f;
   data_dependent_snr<> method;
+  method.batch_statistics = data_dependent_snr<>::statistics::independent_batches;
   method.lambda = 0.7;
   method.eps = 0.3;
   tensor_t v;
@@ -185,49 +282,125 @@ TEST_CASE_TEMPLATE("adversarial training leaves the parameters alone and updates
   CHECK(state.buffers[0].value->to_vector() != mean_before);
 }
 
-TEST_CASE_TEMPLATE("global SNR: the added gradient is lambda sigma u v^T, the gradient of lambda/2 (u^T W v)^2", B,
+
+TEST_CASE_TEMPLATE("standard end to end: accumulate_gradients leaves the gradient of the mean train-mode cross-entropy", B,
                    OPNORM_TEST_BACKENDS) {
+  using net_t = small_cnn<B>;
+  fixture<B> f;
+  f.net.zero_grad();
+  typename net_t::tape tape;
+  const batch_result r = standard{}.accumulate_gradients(f.net, tape, f.x, f.y);
+  // Each evaluation runs on a copy: a train-mode pass moves the running
+  // statistics, and the objective must be one fixed function of the weights.
+  auto objective = [&] {
+    net_t copy = f.net;
+    return cross_entropy(copy, f.x, f.y);
+  };
+  CHECK(r.loss == doctest::Approx(objective()).epsilon(1e-12));
+  CHECK(r.examples == 4);
+  check_parameter_gradients(f.net, objective);
+}
+
+TEST_CASE_TEMPLATE("adversarial training end to end (Eq. 10 and Madry): accumulate_gradients leaves the gradient of "
+                   "its objective at the point its documented attack reaches, step after step", B, OPNORM_TEST_BACKENDS) {
+  using tensor_t = tensor<double, B>;
+  using net_t = small_cnn<B>;
+  using method_t = adversarial<>;
+  for (auto form : {method_t::objective::clean_plus_adversarial, method_t::objective::adversarial_only}) {
+    const int form_index = static_cast<int>(form);
+    CAPTURE(form_index);
+    fixture<B> f;
+    {  // Non-trivial running statistics, so the eval-mode attack depends on them.
+      std::mt19937_64 rng(31);
+      typename net_t::tape warm;
+      f.net.forward(random_tensor<B>(f.x.shape(), rng, 0.0, 1.0), warm, mode::train);
+    }
+    method_t method;
+    method.eps = 0.6;
+    method.iterations = 4;
+    method.lambda = 0.6;
+    method.form = form;
+    method.seed = 17;
+    // Two steps: the second attack uses the seed of step 1 and the running
+    // statistics the first step's train-mode passes left behind.
+    for (std::uint64_t step = 0; step < 2; ++step) {
+      CAPTURE(step);
+      // The attack as adversarial.hpp documents it: the PGA kernel in eval
+      // mode, alpha = 2 eps / iterations, a random start seeded with
+      // hash(seed, 0xad7, step), iterates clipped to [0, 1]; run before the
+      // method's own call, on the model as the method will find it.
+      iteration_options<double> o;
+      o.iterations = method.iterations;
+      o.eps = method.eps;
+      o.alpha = 2 * method.eps / method.iterations;
+      o.random_start = true;
+      o.clip_to_box = true;
+      o.seed = random::hash(method.seed, 0xad7, step);
+      const tensor_t x_star = typename method_t::kernel{}.run(f.net, f.x, &f.y, o).point;
+      REQUIRE(l2_distance(x_star, f.x) > 0.1);  // the attack moved
+
+      f.net.zero_grad();
+      typename net_t::tape tape;
+      const batch_result r = method.accumulate_gradients(f.net, tape, f.x, f.y);
+      auto objective = [&] {
+        net_t copy = f.net;  // train-mode passes move the running statistics: keep f.net's
+        const double adv = cross_entropy(copy, x_star, f.y);
+        return form == method_t::objective::clean_plus_adversarial ? cross_entropy(copy, f.x, f.y) + method.lambda * adv
+                                                                   : adv;
+      };
+      CHECK(r.loss == doctest::Approx(objective()).epsilon(1e-12));
+      check_parameter_gradients(f.net, objective);
+    }
+  }
+}
+
+TEST_CASE_TEMPLATE("global SNR: u and v are the documented power iteration, sigma = u^T W v, and the added gradient "
+                   "is lambda sigma u v^T, the gradient of lambda/2 (u^T W v)^2", B, OPNORM_TEST_BACKENDS) {
   using tensor_t = tensor<double, B>;
   fixture<B> f;
-  global_snr<double, B> method(f.net, 0.8, 3, 11);
+  const int iterations = 3;
+  global_snr<double, B> method(f.net, 0.8, iterations, 11);
+  const auto u_before = left_vectors(method);
+  REQUIRE(u_before.size() == 2);  // the conv kernel and the dense weight; BN's rank-1 weight is skipped
   f.net.zero_grad();
   const double penalty = method.add_penalty_gradients(f.net);
-  REQUIRE(method.last_sigma().size() == 2);  // the conv kernel and the dense weight; BN's rank-1 weight is skipped
+  REQUIRE(method.last_sigma().size() == 2);
+  const auto u_after = left_vectors(method);
 
-  // With u and v held at this step's values, R(W) = lambda/2 (u^T W v)^2.
   auto state = f.net.state();
-  auto vectors = method.state();
   double sum = 0;
   for (auto& p : state.parameters) {
     CAPTURE(p.name);
-    const bool is_matrix = p.value->rank() >= 2;
-    if (!is_matrix) {
+    if (p.value->rank() < 2) {
       for (index_t i = 0; i < p.grad->size(); ++i) CHECK((*p.grad)[i] == 0.0);
       continue;
     }
-    const double sigma = method.last_sigma().at(p.name);
-    sum += method.lambda / 2 * sigma * sigma;
-    // Recover v = W^T u / ||W^T u|| for this u: one more half-iteration.
-    tensor_t* u = nullptr;
-    for (auto& b : vectors.buffers)
-      if (b.name == p.name + ".u") u = b.value;
-    REQUIRE(u);
+    const weight_pair ref = reference_power_iteration(*p.value, u_before.at(p.name), iterations);
     const index_t rows = p.value->dim(0), cols = p.value->size() / rows;
-    // The gradient must be rank one: lambda sigma u v^T, with v of unit norm.
-    tensor_t v({cols}, 0.0);
-    for (index_t c = 0; c < cols; ++c) v[c] = (*p.grad)[c] / (method.lambda * sigma * (*u)[0]);
-    double v_norm = 0;
-    for (index_t c = 0; c < cols; ++c) v_norm += v[c] * v[c];
-    CHECK(v_norm == doctest::Approx(1.0).epsilon(1e-10));
+    // The persistent u moved to this step's normalize(W v).
+    CHECK(relative_error(tensor_t::from_vector({rows}, u_after.at(p.name)), tensor_t::from_vector({rows}, ref.u)) <
+          1e-12);
+    // The kernel's v is normalize(W^T u) for the u before the last half-step.
+    {
+      tensor_t u = tensor_t::from_vector({rows}, u_before.at(p.name)), v;
+      const double sigma = global_snr<double, B>::kernel::run(*p.value, u, v, iterations);
+      CHECK(relative_error(v, tensor_t::from_vector({cols}, ref.v)) < 1e-12);
+      CHECK(sigma == doctest::Approx(ref.sigma).epsilon(1e-12));
+    }
+    const double sigma = method.last_sigma().at(p.name);
+    CHECK(sigma == doctest::Approx(ref.sigma).epsilon(1e-12));  // u^T W v, with u and v from the test
+    CHECK(sigma > 0);
+    sum += method.lambda / 2 * sigma * sigma;
+    tensor_t expected({rows, cols});
+    for (index_t r = 0; r < rows; ++r)
+      for (index_t c = 0; c < cols; ++c) expected(r, c) = method.lambda * ref.sigma * ref.u[r] * ref.v[c];
+    CHECK(relative_error(p.grad->reshaped({rows, cols}), expected) < 1e-12);
+    // ... which is the derivative of lambda/2 (u^T W v)^2 with u and v held.
     auto objective = [&] {
-      double s = 0;
-      for (index_t r = 0; r < rows; ++r)
-        for (index_t c = 0; c < cols; ++c) s += (*u)[r] * (*p.value)[r * cols + c] * v[c];
+      const double s = bilinear(ref.u, *p.value, ref.v);
       return method.lambda / 2 * s * s;
     };
     CHECK(relative_error(*p.grad, finite_difference_gradient(*p.value, objective)) < 1e-6);
-    // sigma is u^T W v for the final u and v.
-    CHECK(std::sqrt(2 * objective() / method.lambda) == doctest::Approx(sigma).epsilon(1e-10));
   }
   CHECK(penalty == doctest::Approx(sum).epsilon(1e-12));
 
@@ -243,20 +416,113 @@ TEST_CASE_TEMPLATE("global SNR: the added gradient is lambda sigma u v^T, the gr
   for (std::size_t i = 0; i < once.size(); ++i) CHECK(again[i] == doctest::Approx(once[i]).epsilon(1e-6));
 }
 
-TEST_CASE_TEMPLATE("the regularizer is not silently zero with default settings", B, OPNORM_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE("global SNR end to end: accumulate_gradients leaves the gradient of CE + lambda/2 sum (u^T W v)^2 "
+                   "with u and v from this step's iteration on the persistent u, step after step", B,
+                   OPNORM_TEST_BACKENDS) {
   using net_t = small_cnn<B>;
   fixture<B> f;
-  typename net_t::tape tape;
-  f.net.zero_grad();
-  const double plain = standard{}.accumulate_gradients(f.net, tape, f.x, f.y).loss;
-  data_dependent_snr<> dd;
-  f.net.zero_grad();
-  const double with_dd = dd.accumulate_gradients(f.net, tape, f.x, f.y).loss;
-  CHECK(dd.lambda > 0);
-  CHECK(with_dd > plain);
-  global_snr<double, B> gs(f.net);
-  f.net.zero_grad();
-  const double with_gs = gs.accumulate_gradients(f.net, tape, f.x, f.y).loss;
-  CHECK(gs.lambda > 0);
-  CHECK(with_gs > plain);
+  global_snr<double, B> method(f.net, 0.5, 1, 5);
+  auto state = f.net.state();
+  for (int step = 0; step < 3; ++step) {
+    CAPTURE(step);
+    // The persistent u moves on every call: the pairs of this step start from
+    // where the last step left it, and are found before the call.
+    const auto u_before = left_vectors(method);
+    std::map<std::string, weight_pair> pairs;
+    for (auto& p : state.parameters)
+      if (p.value->rank() >= 2) pairs[p.name] = reference_power_iteration(*p.value, u_before.at(p.name), 1);
+    REQUIRE(pairs.size() == 2);
+
+    f.net.zero_grad();
+    typename net_t::tape tape;
+    const batch_result r = method.accumulate_gradients(f.net, tape, f.x, f.y);
+    const auto u_after = left_vectors(method);
+    for (const auto& [name, pair] : pairs) {
+      CAPTURE(name);
+      double diff = 0;
+      for (std::size_t i = 0; i < pair.u.size(); ++i) diff = std::max(diff, std::abs(u_after.at(name)[i] - pair.u[i]));
+      CHECK(diff < 1e-12);
+      CHECK(method.last_sigma().at(name) == doctest::Approx(pair.sigma).epsilon(1e-12));
+    }
+
+    // u and v held at this step's values; the weights vary.
+    auto objective = [&] {
+      net_t copy = f.net;  // train-mode passes move the running statistics: keep f.net's
+      double s = cross_entropy(copy, f.x, f.y);
+      for (auto& p : state.parameters) {
+        if (p.value->rank() < 2) continue;
+        const weight_pair& pair = pairs.at(p.name);
+        const double b = bilinear(pair.u, *p.value, pair.v);
+        s += method.lambda / 2 * b * b;
+      }
+      return s;
+    };
+    CHECK(r.loss == doctest::Approx(objective()).epsilon(1e-12));
+    check_parameter_gradients(f.net, objective);
+
+    // An SGD step, so the next step iterates on other weights.
+    for (auto& p : state.parameters)
+      for (index_t i = 0; i < p.value->size(); ++i) (*p.value)[i] -= 0.3 * (*p.grad)[i];
+  }
+}
+
+TEST_CASE_TEMPLATE("the regularizer is not silently zero with default settings: each method's parameter gradients "
+                   "differ from plain cross-entropy's", B, OPNORM_TEST_BACKENDS) {
+  using net_t = small_cnn<B>;
+  fixture<B> f;
+  // Every method starts from its own copy of the same model.
+  auto run = [&](auto& method, std::map<std::string, std::vector<double>>& gradients) {
+    net_t net = f.net;
+    net.zero_grad();
+    typename net_t::tape tape;
+    const batch_result r = method.accumulate_gradients(net, tape, f.x, f.y);
+    gradients = gradients_of(net);
+    return r.loss;
+  };
+  std::map<std::string, std::vector<double>> plain, with_adv, with_dd, with_gs;
+  standard s;
+  const double plain_loss = run(s, plain);
+  const double plain_norm = gradient_norm(plain);
+  REQUIRE(plain_norm > 0);
+
+  SUBCASE("adversarial") {
+    adversarial<> adv;
+    CHECK(adv.lambda > 0);
+    CHECK(run(adv, with_adv) > plain_loss);
+    const double d = gradient_distance(with_adv, plain);
+    CAPTURE(d / plain_norm);
+    CHECK(d > 0.1 * plain_norm);
+  }
+  SUBCASE("data-dependent SNR") {
+    data_dependent_snr<> dd;
+    CHECK(dd.lambda > 0);
+    CHECK(run(dd, with_dd) > plain_loss);
+    const double d = gradient_distance(with_dd, plain);
+    CAPTURE(d / plain_norm);
+    CHECK(d > 1e-2 * plain_norm);  // about 0.1 here: an order of magnitude of room
+  }
+  SUBCASE("global SNR") {
+    global_snr<double, B> gs(f.net);
+    CHECK(gs.lambda > 0);
+    CHECK(run(gs, with_gs) > plain_loss);
+    // The difference is lambda sigma u v^T on each weight matrix, whose
+    // Frobenius norm is lambda sigma (u and v are unit vectors), and nothing
+    // elsewhere.
+    auto state = f.net.state();
+    for (auto& p : state.parameters) {
+      CAPTURE(p.name);
+      const std::vector<double>& a = with_gs.at(p.name);
+      const std::vector<double>& b = plain.at(p.name);
+      double d = 0;
+      for (std::size_t i = 0; i < a.size(); ++i) d += (a[i] - b[i]) * (a[i] - b[i]);
+      d = std::sqrt(d);
+      if (p.value->rank() < 2) {
+        CHECK(d <= 1e-12 * plain_norm);
+        continue;
+      }
+      const double sigma = gs.last_sigma().at(p.name);
+      CHECK(sigma > 0);
+      CHECK(d == doctest::Approx(gs.lambda * sigma).epsilon(1e-8));
+    }
+  }
 }

@@ -24,8 +24,12 @@ class relu {
     y.resize(x.shape());
     const T* xs = x.data();
     T* ys = y.data();
-    backend_ops<Backend>::for_each_index(x.size(),
-                            [=] OPNORM_HD(index_t i) { ys[i] = xs[i] > T(0) ? xs[i] : T(0); });
+    // NaN passes through, as in torch.relu: a NaN input or weight must reach
+    // the loss (and the attack's or trainer's finiteness checks), never be
+    // silently replaced by 0.
+    backend_ops<Backend>::for_each_index(x.size(), [=] OPNORM_HD(index_t i) {
+      ys[i] = (xs[i] > T(0) || xs[i] != xs[i]) ? xs[i] : T(0);
+    });
   }
 
   void vjp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache&,

@@ -1,8 +1,17 @@
-// attack: loads a trained fmnist_cnn checkpoint and attacks it with l2- or
-// linf-PGA, printing clean accuracy and robust accuracy for each eps.
+// attack: loads a trained fmnist_cnn checkpoint and attacks it in l2 or
+// linf, printing clean accuracy and robust accuracy for each eps.
 //
 //   attack --checkpoint out/final.safetensors --norm l2 --eps 0.5,1,1.5,2 --examples 1000
+//   attack --checkpoint out/final.safetensors --attack ensemble --norm linf --eps 0.05,0.1
 //
+// --attack chooses the attack:
+//   pga        projected gradient ascent (--iterations 10 by default), the paper's evaluation
+//   apgd-ce    APGD on cross-entropy (Croce & Hein 2020; 100 iterations by default)
+//   apgd-dlr   APGD on the DLR loss
+//   ensemble   APGD-CE, then APGD-T (targeted DLR over --target-classes classes) on the
+//              examples APGD-CE left: AutoAttack's "standard" ensemble without FAB-T and
+//              Square (see include/opnorm/attacks/ensemble.hpp). An example counts as
+//              robust only if both fail.
 // eps is in [0, 1] pixel units (standardization is inside the model).
 // --backend chooses where the model and the attack run; the checkpoint may
 // come from any backend.
@@ -39,8 +48,10 @@ namespace {
 
 struct settings {
   std::string checkpoint, norm = "l2", data_dir = "/usr/share/datasets/fashion-mnist", backend = "cpu";
+  std::string attack = "pga";
   std::vector<float> eps_list = {0.5f, 1.0f, 1.5f, 2.0f};
-  int iterations = 10, restarts = 1;
+  int iterations = 0;  // 0: the attack's default (10 for pga, 100 for the APGDs)
+  int restarts = 1, target_classes = 9;
   index_t examples = 1000, first = 0;
   std::uint64_t seed = 0;
 };
@@ -56,6 +67,47 @@ const std::vector<std::string> backend_names = {
 #endif
 };
 
+/// The attacks --attack names other than pga, for one eps: a list whose
+/// worst case is the robust accuracy.
+template <class Norm, class Model>
+std::vector<attack_function<float, typename Model::backend_type>> apgd_attacks(Model& model, const settings& s,
+                                                                               float eps) {
+  apgd_options<float> o;
+  o.eps = eps;
+  o.iterations = s.iterations;
+  o.restarts = s.restarts;
+  o.target_classes = s.target_classes;
+  o.seed = s.seed;
+  if (s.attack == "apgd-ce") return {make_apgd<Norm, softmax_cross_entropy>(model, o)};
+  if (s.attack == "apgd-dlr") return {make_apgd<Norm, dlr>(model, o)};
+  if (s.attack == "ensemble") return make_apgd_ensemble<Norm>(model, o);
+  throw std::logic_error("--attack " + s.attack + " is accepted but not dispatched");
+}
+
+template <class Norm, class Model>
+std::vector<double> robust_accuracies(Model& model, const settings& s, const typename Model::tensor_type& images,
+                                      const label_tensor<typename Model::backend_type>& labels) {
+  if (s.attack == "pga") {
+    attack_options<float> base;
+    base.iterations = s.iterations;
+    base.restarts = s.restarts;
+    base.seed = s.seed;
+    return robust_accuracy<Norm>(model, base, images, labels, s.eps_list);
+  }
+  std::vector<double> accuracy;
+  for (float eps : s.eps_list) accuracy.push_back(robust_accuracy(model, apgd_attacks<Norm>(model, s, eps), images, labels));
+  return accuracy;
+}
+
+std::string attack_name(const settings& s) {
+  const std::string its = std::to_string(s.iterations);
+  if (s.attack == "pga") return s.norm + "-PGA-" + its;
+  if (s.attack == "apgd-ce") return s.norm + "-APGD-CE-" + its;
+  if (s.attack == "apgd-dlr") return s.norm + "-APGD-DLR-" + its;
+  return s.norm + " ensemble of APGD-CE-" + its + " and APGD-T-" + its + " (" + std::to_string(s.target_classes) +
+         " target classes)";
+}
+
 /// Loads the model onto backend B and attacks it there; the test images are
 /// read on the host and copied over once.
 template <class B>
@@ -67,18 +119,13 @@ void attack_on(const settings& s) {
   const auto part = subset(test, s.first, n);
   const auto images = to<B>(part.images);
   const auto labels = to<B>(part.labels);
-  attack_options<float> base;
-  base.iterations = s.iterations;
-  base.restarts = s.restarts;
-  base.seed = s.seed;
   const auto start = std::chrono::steady_clock::now();
-  const auto accuracy = s.norm == "l2" ? robust_accuracy<l2>(model, base, images, labels, s.eps_list)
-                                       : robust_accuracy<linf>(model, base, images, labels, s.eps_list);
+  const auto accuracy = s.norm == "l2" ? robust_accuracies<l2>(model, s, images, labels)
+                                       : robust_accuracies<linf>(model, s, images, labels);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const auto clean = robust_accuracy<l2>(model, base, images, labels, {0.0f}).front();
-  std::printf("%s, %s-PGA-%d, %d restart(s), %lld test images, eps in [0,1] pixel units, backend %s\n",
-              s.checkpoint.c_str(), s.norm.c_str(), s.iterations, s.restarts, static_cast<long long>(n),
-              s.backend.c_str());
+  const auto clean = robust_accuracy<l2>(model, attack_options<float>{}, images, labels, {0.0f}).front();
+  std::printf("%s, %s, %d restart(s), %lld test images, eps in [0,1] pixel units, backend %s\n",
+              s.checkpoint.c_str(), attack_name(s).c_str(), s.restarts, static_cast<long long>(n), s.backend.c_str());
   std::printf("clean accuracy: %.2f%%\n", 100 * clean);
   for (std::size_t k = 0; k < s.eps_list.size(); ++k)
     std::printf("eps %-6g robust accuracy %.2f%%\n", static_cast<double>(s.eps_list[k]), 100 * accuracy[k]);
@@ -88,7 +135,8 @@ void attack_on(const settings& s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"Attacks a trained fmnist_cnn with PGA and prints robust accuracy against eps.", "attack"};
+  CLI::App app{"Attacks a trained fmnist_cnn with PGA, APGD or an APGD ensemble and prints robust accuracy against eps.",
+               "attack"};
   settings s;
   // A bad option is one line, like the program's other errors.
   app.failure_message([](const CLI::App*, const CLI::Error& e) {
@@ -97,8 +145,21 @@ int main(int argc, char** argv) {
   app.add_option("--checkpoint", s.checkpoint, "model checkpoint (safetensors) of an fmnist_cnn")->required();
   app.add_option("--norm", s.norm, "l2 or linf")->check(CLI::IsMember({"l2", "linf"}))->capture_default_str();
   app.add_option("--eps", s.eps_list, "radii in [0, 1] pixel units")->delimiter(',')->capture_default_str();
-  app.add_option("--iterations", s.iterations, "PGA iterations (step 2 eps / iterations)")->capture_default_str();
-  app.add_option("--restarts", s.restarts, "random restarts; the worst case per example is kept")->capture_default_str();
+  app.add_option("--attack", s.attack,
+                 "pga, apgd-ce, apgd-dlr or ensemble (APGD-CE then APGD-T, AutoAttack's standard ensemble without "
+                 "FAB-T and Square)")
+      ->check(CLI::IsMember({"pga", "apgd-ce", "apgd-dlr", "ensemble"}))
+      ->capture_default_str();
+  app.add_option("--iterations", s.iterations,
+                 "iterations per run (default 10 for pga, with step 2 eps / iterations; 100 for the APGDs)")
+      ->check(CLI::Range(1, 100000));
+  app.add_option("--restarts", s.restarts, "random restarts; the worst case per example is kept")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  app.add_option("--target-classes", s.target_classes,
+                 "ensemble: APGD-T's targets, the highest non-true classes at x (at most classes - 1)")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
   app.add_option("--examples", s.examples, "test images attacked (from --first)")->capture_default_str();
   app.add_option("--first", s.first, "index of the first test image")->capture_default_str();
   app.add_option("--data-dir", s.data_dir, "Fashion-MNIST folder")->capture_default_str();
@@ -120,6 +181,7 @@ int main(int argc, char** argv) {
     const int code = app.exit(e);  // prints --help, or the one-line error
     return code == 0 ? 0 : 1;
   }
+  if (s.iterations == 0) s.iterations = s.attack == "pga" ? 10 : 100;
   try {
     // The one place a backend is chosen.
     if (s.backend == "cpu") attack_on<backend::cpu>(s);

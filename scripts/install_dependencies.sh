@@ -9,8 +9,10 @@ packages=(build-essential cmake pkg-config libeigen3-dev xtensor-dev libxsimd-de
           libbenchmark-dev zlib1g-dev libcli11-dev nlohmann-json3-dev)
 case "$purpose" in
   build) ;;
-  # The PyTorch cross-checks run in the test suite.
-  test) packages+=(python3 python3-torch python3-numpy dataset-fashion-mnist) ;;
+  # The PyTorch cross-checks run in the test suite. The APGD cross-check also
+  # needs torchattacks, which scripts/test.sh installs with pip into a venv
+  # over these packages (python3-venv); torchattacks imports scipy.
+  test) packages+=(python3 python3-torch python3-numpy python3-scipy python3-venv dataset-fashion-mnist) ;;
   # The reproduction trains on Fashion-MNIST and plots with matplotlib.
   reproduce) packages+=(python3 python3-matplotlib python3-numpy dataset-fashion-mnist) ;;
   *) echo "usage: $0 [build|test|reproduce]" >&2; exit 2 ;;

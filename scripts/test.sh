@@ -11,7 +11,30 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install_dependencies.sh test
 build="${OPNORM_BUILD_DIR:-build}"
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DOPNORM_BUILD_BENCHMARKS=OFF >/dev/null
+
+# The APGD cross-check (tests/apgd_crosscheck.py) runs torchattacks 3.5.1,
+# which Debian does not package. pip installs it into a virtual environment
+# in the build folder that sees the system's packages (Debian's torch, numpy,
+# scipy): --no-deps, or pip would pull a torch of its own. Without PyPI the
+# install fails, and the check reports itself skipped with the reason.
+torchattacks_version=3.5.1
+mkdir -p "$build"
+venv="$(cd "$build" && pwd)/venv-torchattacks"
+if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+  /usr/bin/python3 -m venv --clear --system-site-packages "$venv" ||
+    echo "opnorm: could not create the virtual environment $venv: the APGD cross-check will be skipped" >&2
+fi
+if [ -x "$venv/bin/python" ] && ! "$venv/bin/python" -c "import importlib.metadata as m, sys
+sys.exit(m.version('torchattacks') != '$torchattacks_version')" 2>/dev/null; then
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-input --retries 1 --timeout 20 \
+    --no-deps "torchattacks==$torchattacks_version" ||
+    echo "opnorm: pip could not install torchattacks $torchattacks_version: the APGD cross-check will be skipped" >&2
+fi
+torchattacks_python=/usr/bin/python3
+[ ! -x "$venv/bin/python" ] || torchattacks_python="$venv/bin/python"
+
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DOPNORM_BUILD_BENCHMARKS=OFF \
+  -DOPNORM_TORCHATTACKS_PYTHON="$torchattacks_python" >/dev/null
 cmake --build "$build" -j "$(nproc)"
 (cd "$build" && ctest --output-on-failure -j "$(nproc)")
 

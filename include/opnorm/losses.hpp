@@ -9,8 +9,15 @@
 // logits for the same reduction. per_example, when not null, receives the n
 // unreduced values. Attacks use reduction::sum so each example's gradient is
 // its own loss gradient, independent of the batch it sits in.
+//
+//   softmax_cross_entropy   -log softmax(z)_y                      (training, PGA, APGD-CE)
+//   sum_of_squares          1/2 ||z - target||^2                   (Theorem 1, data-dependent SNR)
+//   dlr                     difference of logits ratio             (APGD-DLR)
+//   targeted_dlr            DLR towards a target class             (APGD-T)
 #include <cmath>
 #include <cstdint>
+#include <stdexcept>
+#include <string>
 #include <type_traits>
 #include <vector>
 
@@ -33,6 +40,43 @@ T reduce_per_example(const tensor<T, B>& values, reduction r) {
   double s = backend_ops<B>::template sum<double>(n, [=] OPNORM_HD(index_t i) { return static_cast<double>(v[i]); });
   if (r == reduction::mean && n > 0) s /= static_cast<double>(n);
   return static_cast<T>(s);
+}
+
+// Counts the labels outside [0, classes) on the backend; only when there
+// is one is the label tensor copied to the host, to name it.
+template <class B>
+void check_labels(const char* loss, const label_tensor<B>& labels, index_t classes) {
+  const std::int32_t* y = labels.data();
+  const index_t bad = backend_ops<B>::template sum<index_t>(
+      labels.size(), [=] OPNORM_HD(index_t i) { return index_t(y[i] < 0 || y[i] >= classes); });
+  if (bad == 0) return;
+  for (std::int32_t v : labels.to_vector())
+    if (v < 0 || v >= classes)
+      throw std::invalid_argument(std::string("opnorm::") + loss + ": label " + std::to_string(v) + " outside [0, " +
+                                  std::to_string(classes) + ")");
+}
+
+// The indices of the four largest entries of z[0..k), largest first, ties
+// broken by the smaller index (top[p] = -1 when k <= p): pi_1..pi_4 of the
+// DLR losses. One pass, no sort: k is the number of classes.
+template <class T>
+OPNORM_HD inline void top_four(const T* z, index_t k, index_t (&top)[4]) {
+  for (int p = 0; p < 4; ++p) top[p] = -1;
+  for (index_t j = 0; j < k; ++j) {
+    int p = 0;
+    // Strictly greater: an equal value found later ranks after the earlier one.
+    while (p < 4 && top[p] >= 0 && !(z[j] > z[top[p]])) ++p;
+    if (p == 4) continue;
+    for (int q = 3; q > p; --q) top[q] = top[q - 1];
+    top[p] = j;
+  }
+}
+
+// DLR's denominators are logit differences plus this constant (Croce & Hein
+// use 1e-12): it keeps 0/0 away when the top logits tie.
+template <class T>
+OPNORM_HD inline T dlr_floor() {
+  return static_cast<T>(1e-12);
 }
 }  // namespace detail
 
@@ -68,7 +112,18 @@ struct softmax_cross_entropy {
       // 1e4 in float), while m - z_label is exact when the two are close.
       val[i] = (m - zi[label]) + std::log(s);
       if (g) {
-        for (index_t j = 0; j < k; ++j) g[i * k + j] = scale * (std::exp(zi[j] - m) / s - (j == label ? T(1) : T(0)));
+        // p_j for j != label. The label's own component p_label - 1 is
+        // computed as -sum_{j != label} p_j: written as a difference it
+        // rounds to exactly 0 in float once the margin exceeds about 16.6,
+        // and a confident example would then give its attack no gradient.
+        T others = T(0);
+        for (index_t j = 0; j < k; ++j) {
+          if (j == label) continue;
+          const T e = std::exp(zi[j] - m);
+          others += e;
+          g[i * k + j] = scale * (e / s);
+        }
+        g[i * k + label] = -scale * (others / s);
       }
     });
     if (per_example) *per_example = values;
@@ -80,17 +135,9 @@ struct softmax_cross_entropy {
     if (!ok) throw std::invalid_argument("opnorm::" + what);
   }
  public:  // nvcc rejects extended lambdas in private member functions
-  // Counts the labels outside [0, classes) on the backend; only when there
-  // is one is the label tensor copied to the host, to name it.
   template <class B>
   static void check_labels(const label_tensor<B>& labels, index_t classes) {
-    const std::int32_t* y = labels.data();
-    const index_t bad = backend_ops<B>::template sum<index_t>(
-        labels.size(), [=] OPNORM_HD(index_t i) { return index_t(y[i] < 0 || y[i] >= classes); });
-    if (bad == 0) return;
-    for (std::int32_t v : labels.to_vector())
-      require(v >= 0 && v < classes, "softmax_cross_entropy: label " + std::to_string(v) + " outside [0, " +
-                                         std::to_string(classes) + ")");
+    detail::check_labels("softmax_cross_entropy", labels, classes);
   }
 };
 
@@ -128,11 +175,147 @@ struct sum_of_squares {
   }
 };
 
+/// Difference of logits ratio (Croce & Hein 2020, Eq. 6): with pi the
+/// classes sorted by decreasing logit,
+///
+///   DLR(z, y) = -(z_y - max_{j != y} z_j) / (z_pi1 - z_pi3 + 1e-12).
+///
+/// Invariant to shifting and to positive scaling of z (up to the 1e-12), so
+/// an attack on it cannot be stalled by a model that inflates its logits, as
+/// cross-entropy can (its gradient vanishes where softmax saturates). Needs
+/// at least 3 classes. Positive when y is misclassified.
+struct dlr {
+  template <class T, class B>
+  using target_type = label_tensor<B>;
+
+  template <class T, class B>
+  static T evaluate(const tensor<T, B>& logits, const label_tensor<B>& labels, tensor<T, B>* gradient,
+                    reduction r = reduction::mean, tensor<T, B>* per_example = nullptr) {
+    const index_t n = logits.dim(0), k = logits.example_size();
+    if (k < 3) throw std::invalid_argument("opnorm::dlr: needs at least 3 classes (z_pi3), got " + std::to_string(k));
+    if (labels.size() != n)
+      throw std::invalid_argument("opnorm::dlr: " + std::to_string(labels.size()) + " labels for " + std::to_string(n) +
+                                  " examples");
+    detail::check_labels("dlr", labels, k);
+    tensor<T, B> values({n});
+    if (gradient) gradient->resize(logits.shape());
+    const T* z = logits.data();
+    const std::int32_t* y = labels.data();
+    T* val = values.data();
+    T* g = gradient ? gradient->data() : nullptr;
+    const T scale = r == reduction::mean ? T(1) / static_cast<T>(n) : T(1);
+    backend_ops<B>::for_each_index(n, [=] OPNORM_HD(index_t i) {
+      const T* zi = z + i * k;
+      index_t top[4];
+      detail::top_four(zi, k, top);
+      const index_t label = y[i];
+      const index_t other = top[0] != label ? top[0] : top[1];  // argmax_{j != y} z_j
+      // Both written as differences of logits, never as differences of
+      // sums: large logits cancel exactly where the ratio is decided.
+      const T margin = zi[label] - zi[other];
+      const T den = (zi[top[0]] - zi[top[2]]) + detail::dlr_floor<T>();
+      val[i] = -margin / den;
+      if (g) {
+        for (index_t j = 0; j < k; ++j) g[i * k + j] = T(0);
+        // d/dmargin = -1/den; d/dden = margin/den^2, formed as (margin/den)/den
+        // so a tiny den cannot overflow den^2 before the division.
+        const T a = scale / den;
+        const T b = scale * ((margin / den) / den);
+        g[i * k + label] -= a;
+        g[i * k + other] += a;
+        g[i * k + top[0]] += b;
+        g[i * k + top[2]] -= b;
+      }
+    });
+    if (per_example) *per_example = values;
+    return detail::reduce_per_example(values, r);
+  }
+};
+
+/// Per example a (true class, target class) pair: the target of targeted_dlr,
+/// a label tensor of shape (n, 2) so that row i is example i like every other
+/// per-example tensor (slicing and gathering rows keep the pairs together).
+template <class B>
+label_tensor<B> label_pairs(const label_tensor<B>& labels, const label_tensor<B>& targets) {
+  const index_t n = labels.size();
+  if (targets.size() != n)
+    throw std::invalid_argument("opnorm::label_pairs: " + std::to_string(targets.size()) + " targets for " +
+                                std::to_string(n) + " labels");
+  label_tensor<B> pairs({n, 2});
+  const std::int32_t* y = labels.data();
+  const std::int32_t* t = targets.data();
+  std::int32_t* p = pairs.data();
+  backend_ops<B>::for_each_index(n, [=] OPNORM_HD(index_t i) {
+    p[2 * i] = y[i];
+    p[2 * i + 1] = t[i];
+  });
+  return pairs;
+}
+
+/// Targeted DLR (APGD-T, Croce & Hein 2020, Eq. 7) for a true class y and a
+/// target t:
+///
+///   -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2 + 1e-12),
+///
+/// with the same shift and scale invariance as dlr. The target is a label
+/// tensor of shape (n, 2), rows (y_i, t_i) (label_pairs). Needs at least 4
+/// classes.
+struct targeted_dlr {
+  template <class T, class B>
+  using target_type = label_tensor<B>;
+
+  template <class T, class B>
+  static T evaluate(const tensor<T, B>& logits, const label_tensor<B>& pairs, tensor<T, B>* gradient,
+                    reduction r = reduction::mean, tensor<T, B>* per_example = nullptr) {
+    const index_t n = logits.dim(0), k = logits.example_size();
+    if (k < 4)
+      throw std::invalid_argument("opnorm::targeted_dlr: needs at least 4 classes (z_pi4), got " + std::to_string(k));
+    if (pairs.rank() != 2 || pairs.dim(0) != n || pairs.dim(1) != 2)
+      throw std::invalid_argument("opnorm::targeted_dlr: the target must be (true class, target class) pairs of shape (" +
+                                  std::to_string(n) + ", 2) (see label_pairs), got " + shape_string(pairs.shape()));
+    detail::check_labels("targeted_dlr", pairs, k);
+    tensor<T, B> values({n});
+    if (gradient) gradient->resize(logits.shape());
+    const T* z = logits.data();
+    const std::int32_t* p = pairs.data();
+    T* val = values.data();
+    T* g = gradient ? gradient->data() : nullptr;
+    const T scale = r == reduction::mean ? T(1) / static_cast<T>(n) : T(1);
+    backend_ops<B>::for_each_index(n, [=] OPNORM_HD(index_t i) {
+      const T* zi = z + i * k;
+      index_t top[4];
+      detail::top_four(zi, k, top);
+      const index_t label = p[2 * i], target = p[2 * i + 1];
+      const T margin = zi[label] - zi[target];
+      // z_pi1 - (z_pi3 + z_pi4)/2 as the mean of two logit differences.
+      const T half = T(1) / T(2);
+      const T den = half * (zi[top[0]] - zi[top[2]]) + half * (zi[top[0]] - zi[top[3]]) + detail::dlr_floor<T>();
+      val[i] = -margin / den;
+      if (g) {
+        for (index_t j = 0; j < k; ++j) g[i * k + j] = T(0);
+        const T a = scale / den;
+        const T b = scale * ((margin / den) / den);
+        g[i * k + label] -= a;
+        g[i * k + target] += a;
+        g[i * k + top[0]] += b;
+        g[i * k + top[2]] -= half * b;
+        g[i * k + top[3]] -= half * b;
+      }
+    });
+    if (per_example) *per_example = values;
+    return detail::reduce_per_example(values, r);
+  }
+};
+
 template <class L>
 struct is_loss : std::false_type {};
 template <>
 struct is_loss<softmax_cross_entropy> : std::true_type {};
 template <>
 struct is_loss<sum_of_squares> : std::true_type {};
+template <>
+struct is_loss<dlr> : std::true_type {};
+template <>
+struct is_loss<targeted_dlr> : std::true_type {};
 
 }  // namespace opnorm

@@ -22,7 +22,7 @@
 #include "operators.hpp"
 #include "steps.hpp"
 #include "power_iteration.hpp"
-#include "attacks.hpp"
+#include "attacks.hpp"  // attacks/: pga, apgd, the worst case over an ensemble
 
 #include "methods/adversarial.hpp"
 #include "methods/data_dependent_snr.hpp"

@@ -42,13 +42,15 @@ summary="$out/summary.md"
   echo "|---|---|---|---|---|"
 } >"$summary.tmp"
 threads="$(nproc)"
+# Passive waiting keeps idle OpenMP threads from spinning on a shared machine.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}"
 for option in clean_batch independent_batches running; do
   dir="$out/$option"
   rm -rf "$dir"
   start=$(date +%s)
   OMP_NUM_THREADS="$threads" build/examples/train --method data_dependent_snr --init "$standard" --limit-train 8000 \
     --epochs 1 --lr 0.02 --schedule cosine --momentum 0.9 --weight-decay 5e-4 --batch-size 128 \
-    --eps "$eps" --lambda "$lambda" --iterations 10 --batch-statistics "$option" --progress-every 100 \
+    --eps "$eps" --lambda "$lambda" --iterations 10 --batch-statistics "$option" --progress-every 20 \
     --out "$dir" >"$out/$option.train.log" 2>&1
   seconds=$(( $(date +%s) - start ))
   clean=$(grep -o 'test accuracy: [0-9.]*%' "$out/$option.train.log" | tail -1 | grep -o '[0-9.]*%')

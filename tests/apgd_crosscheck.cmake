@@ -10,9 +10,6 @@
 # ctest fixture setup step, so `ctest -R apgd_crosscheck` writes the files
 # first.
 #
-# Both steps run single-threaded, as ctest runs tests side by side on every
-# core.
-#
 # torchattacks is not a Debian package: scripts/test.sh installs it with
 # `pip install --no-deps` into a virtual environment that sees the system's
 # packages (Debian's torch, numpy and scipy; a plain install would pull a
@@ -24,25 +21,8 @@ set(OPNORM_TORCHATTACKS_PYTHON /usr/bin/python3 CACHE FILEPATH
 set(OPNORM_FASHION_MNIST_DIR /usr/share/datasets/fashion-mnist CACHE PATH
     "Fashion-MNIST idx files (Debian package dataset-fashion-mnist), for the APGD cross-check")
 
-add_executable(apgd_crosscheck_dump ${CMAKE_CURRENT_SOURCE_DIR}/tools/apgd_crosscheck_dump.cpp)
-target_link_libraries(apgd_crosscheck_dump PRIVATE opnorm_programs)
-
-set(OPNORM_APGD_CROSSCHECK_DIR ${CMAKE_CURRENT_BINARY_DIR}/apgd_crosscheck)
-add_test(NAME apgd_crosscheck_write
-         COMMAND apgd_crosscheck_dump ${OPNORM_APGD_CROSSCHECK_DIR} ${OPNORM_FASHION_MNIST_DIR})
-set_tests_properties(apgd_crosscheck_write PROPERTIES
-  FIXTURES_SETUP apgd_crosscheck_files
-  SKIP_RETURN_CODE 77
-  ENVIRONMENT "OMP_NUM_THREADS=1")
-
-if(EXISTS ${OPNORM_TORCHATTACKS_PYTHON})
-  add_test(NAME apgd_crosscheck
-           COMMAND ${OPNORM_TORCHATTACKS_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/apgd_crosscheck.py
-                   ${OPNORM_APGD_CROSSCHECK_DIR})
-  set_tests_properties(apgd_crosscheck PROPERTIES
-    FIXTURES_REQUIRED apgd_crosscheck_files
-    SKIP_RETURN_CODE 77
-    ENVIRONMENT "OMP_NUM_THREADS=1")
-else()
-  message(STATUS "opnorm: ${OPNORM_TORCHATTACKS_PYTHON} not found; the torchattacks APGD cross-check is not registered")
-endif()
+include(${CMAKE_CURRENT_LIST_DIR}/cmake/python_crosscheck.cmake)
+opnorm_python_crosscheck(apgd_crosscheck
+  PYTHON ${OPNORM_TORCHATTACKS_PYTHON}
+  WHAT "the torchattacks APGD cross-check"
+  WRITER_ARGS ${OPNORM_FASHION_MNIST_DIR})

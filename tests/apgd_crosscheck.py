@@ -38,41 +38,17 @@ import os
 import sys
 import time
 
-try:
-    import torch
-except ImportError as error:  # the ctest registration maps 77 to "skipped"
-    print(f"skipping: torch is not importable by {sys.executable}: {error}")
-    sys.exit(77)
-try:
-    import torchattacks
-except ImportError as error:
-    print(f"skipping: torchattacks is not importable by {sys.executable}: {error}\n"
-          "scripts/test.sh installs torchattacks 3.5.1 into a virtual environment with "
-          "`pip install --no-deps` (which needs PyPI) and configures the test with its interpreter")
-    sys.exit(77)
-
-# The safetensors reader (standard library + torch; torch 1.13 has no
-# safetensors module) lives beside this file.
+# torch_models (beside this file) imports torch, or exits 77 (ctest: skipped).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from check_safetensors import read_safetensors  # noqa: E402
+from torch_models import Standardize, load_checkpoint, read_safetensors, require, run, torch  # noqa: E402
+
+torchattacks = require("torchattacks", "scripts/test.sh installs torchattacks 3.5.1 into a virtual environment with "
+                       "`pip install --no-deps` (which needs PyPI) and configures the test with its interpreter")
 
 TORCHATTACKS_VERSION = "3.5.1"
 TOLERANCE = 0.02       # robust accuracy, as a fraction of the points
 DISCRIMINATES = 0.10   # the least share of points broken, and of points robust, for a setting to count
 LOGIT_TOLERANCE = 1e-4  # max |opnorm - torch| / max |torch|, float32 on both sides
-
-
-class Standardize(torch.nn.Module):
-    """(x - mean_c) / std_c, the statistics being buffers as in opnorm."""
-
-    def __init__(self, mean, std):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
-
-    def forward(self, x):
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        return (x - self.mean.view(shape)) / self.std.view(shape)
 
 
 def small_cnn():
@@ -100,11 +76,7 @@ def make_attack(model, s):
     raise ValueError(f"unknown loss {s['loss']!r} in settings.json")
 
 
-def main():
-    if len(sys.argv) != 2:
-        print(__doc__)
-        return 2
-    directory = sys.argv[1]
+def main(directory):
     if not os.path.exists(os.path.join(directory, "settings.json")):
         print(f"skipping: {directory} holds no settings.json: the writer apgd_crosscheck_dump skipped "
               "(Fashion-MNIST not found) or has not run")
@@ -117,11 +89,9 @@ def main():
 
     with open(os.path.join(directory, "settings.json")) as f:
         config = json.load(f)
-    _, checkpoint = read_safetensors(os.path.join(directory, "model.safetensors"))
     _, points = read_safetensors(os.path.join(directory, "points.safetensors"))
 
-    model = small_cnn()
-    model.load_state_dict(checkpoint, strict=True)
+    model = load_checkpoint(small_cnn(), os.path.join(directory, "model.safetensors"))
     model.eval()
     x = points["images"]
     y = points["labels"].long()
@@ -188,4 +158,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run(main, __doc__)

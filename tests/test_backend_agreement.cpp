@@ -1,7 +1,7 @@
 // Backend agreement: the same computation on the cpu backend and on another
 // backend B gives the same numbers, layer by layer and end to end (a whole
-// network, the power iteration, the attacks, the four training methods and
-// a short training run).
+// network, the power iteration, the attacks (PGA, APGD-CE, APGD-T), the
+// four training methods and a short training run).
 //
 // The file is written for any backend, including one whose memory the host
 // cannot read (thrust<cuda>): it never touches an element of a
@@ -311,43 +311,79 @@ TEST_CASE_TEMPLATE("exact-JVP l2 power iteration on fmnist_cnn<double> gives the
 
 namespace {
 
-/// PGA with two restarts on fmnist_cnn<float>, from the same seed on both
-/// sides. The labels are the model's own clean predictions and eps is small,
-/// so the attack succeeds on some examples and fails on others: the flags
-/// carry information.
-template <class Norm, class B>
-void check_attack_agrees(float eps) {
-  auto ref = make_fmnist_cnn<float, cpu>(41);
-  auto dut = make_fmnist_cnn<float, B>(41);
-  std::mt19937_64 rng(42);
-  {  // Non-trivial BatchNorm running statistics, the same on both sides.
+/// What the attack checks attack: fmnist_cnn<float> from the same seed on
+/// both sides, with non-trivial BatchNorm running statistics (the same on
+/// both sides), and 8 inputs labelled with the model's own clean
+/// predictions. With a small eps an attack then succeeds on some examples
+/// and fails on others: the flags carry information.
+template <class B>
+struct attack_setup {
+  fmnist_cnn<float, cpu> ref = make_fmnist_cnn<float, cpu>(41);
+  fmnist_cnn<float, B> dut = make_fmnist_cnn<float, B>(41);
+  tensor<float, cpu> x;
+  label_tensor<cpu> y;
+
+  attack_setup() {
+    std::mt19937_64 rng(42);
     const auto warmup = host_uniform<float>({8, 1, 28, 28}, rng, 0.0, 1.0);
     typename fmnist_cnn<float, cpu>::tape tr;
     typename fmnist_cnn<float, B>::tape td;
     ref.forward(warmup, tr, mode::train);
     dut.forward(moved<B>(warmup), td, mode::train);
+    const index_t n = 8;
+    x = host_uniform<float>({n, 1, 28, 28}, rng, 0.0, 1.0);
+    std::vector<std::int32_t> predicted;
+    for (index_t c : argmax_rows(ref.predict(x))) predicted.push_back(static_cast<std::int32_t>(c));
+    y = label_tensor<cpu>::from_vector({n}, predicted);
   }
-  const index_t n = 8;
-  const auto x = host_uniform<float>({n, 1, 28, 28}, rng, 0.0, 1.0);
-  std::vector<std::int32_t> predicted;
-  for (index_t c : argmax_rows(ref.predict(x))) predicted.push_back(static_cast<std::int32_t>(c));
-  const auto y = label_tensor<cpu>::from_vector({n}, predicted);
+};
 
+/// The results of one attack on cpu (rr) and on B (rd): the same success
+/// flags, adversarial examples to 1e-5 and, where loss is asked for, the
+/// same per-example attack losses (1e-5 relative).
+template <class B>
+void check_results_agree(const attack_result<float, cpu>& rr, const attack_result<float, B>& rd, bool loss) {
+  CHECK(rr.success == rd.success);
+  CHECK(max_abs_difference(rr.adversarial, rd.adversarial) <= 1e-5);
+  if (loss) {
+    const index_t n = static_cast<index_t>(rr.loss.size());
+    REQUIRE(rd.loss.size() == rr.loss.size());
+    CHECK(relative_difference(tensor<float, cpu>::from_vector({n}, rr.loss),
+                              tensor<float, cpu>::from_vector({n}, rd.loss)) < 1e-5);
+  }
+  // Not a property of B: says when a change elsewhere made the flags all
+  // equal, so that eps needs retuning for the comparison to mean something.
+  WARN_MESSAGE((rr.success_rate() > 0 && rr.success_rate() < 1),
+               "the attack succeeds on all or no examples on cpu; retune eps");
+}
+
+/// PGA with two restarts, from the same seed on both sides.
+template <class Norm, class B>
+void check_attack_agrees(float eps) {
+  attack_setup<B> s;
   attack_options<float> o;
   o.eps = eps;
   o.iterations = 5;
   o.restarts = 2;
   o.seed = 43;
-  auto attack_r = make_pga<Norm>(ref, o);
-  auto attack_d = make_pga<Norm>(dut, o);
-  const auto rr = attack_r(x, y);
-  const auto rd = attack_d(moved<B>(x), moved<B>(y));
-  CHECK(rr.success == rd.success);
-  CHECK(max_abs_difference(rr.adversarial, rd.adversarial) <= 1e-5);
-  // Not a property of B: says when a change elsewhere made the flags all
-  // equal, so that eps needs retuning for the comparison to mean something.
-  WARN_MESSAGE((rr.success_rate() > 0 && rr.success_rate() < 1),
-               "the attack succeeds on all or no examples on cpu; retune eps");
+  auto attack_r = make_pga<Norm>(s.ref, o);
+  auto attack_d = make_pga<Norm>(s.dut, o);
+  check_results_agree(attack_r(s.x, s.y), attack_d(moved<B>(s.x), moved<B>(s.y)), false);
+}
+
+/// APGD (Loss: softmax_cross_entropy for APGD-CE, targeted_dlr for APGD-T
+/// over 3 target classes), 5 iterations, from the same seed on both sides.
+template <class Norm, class Loss, class B>
+void check_apgd_agrees(float eps) {
+  attack_setup<B> s;
+  apgd_options<float> o;
+  o.eps = eps;
+  o.iterations = 5;
+  o.target_classes = 3;
+  o.seed = 44;
+  auto attack_r = make_apgd<Norm, Loss>(s.ref, o);
+  auto attack_d = make_apgd<Norm, Loss>(s.dut, o);
+  check_results_agree(attack_r(s.x, s.y), attack_d(moved<B>(s.x), moved<B>(s.y)), true);
 }
 
 }  // namespace
@@ -360,6 +396,30 @@ TEST_CASE_TEMPLATE("l2 pga with 2 restarts gives the same success flags as cpu a
 TEST_CASE_TEMPLATE("linf pga with 2 restarts gives the same success flags as cpu and adversarial examples to 1e-5",
                    B, OPNORM_AGREEMENT_BACKENDS) {
   check_attack_agrees<linf, B>(0.04f);  // succeeds on 4 of 8 examples on cpu
+}
+
+TEST_CASE_TEMPLATE("l2 apgd-ce gives the same success flags as cpu, adversarial examples to 1e-5 and losses to 1e-5 "
+                   "relative",
+                   B, OPNORM_AGREEMENT_BACKENDS) {
+  check_apgd_agrees<l2, softmax_cross_entropy, B>(0.75f);  // succeeds on 3 of 8 examples on cpu
+}
+
+TEST_CASE_TEMPLATE("linf apgd-ce gives the same success flags as cpu, adversarial examples to 1e-5 and losses to "
+                   "1e-5 relative",
+                   B, OPNORM_AGREEMENT_BACKENDS) {
+  check_apgd_agrees<linf, softmax_cross_entropy, B>(0.05f);  // succeeds on 6 of 8 examples on cpu
+}
+
+TEST_CASE_TEMPLATE("l2 apgd-t gives the same success flags as cpu, adversarial examples to 1e-5 and losses to 1e-5 "
+                   "relative",
+                   B, OPNORM_AGREEMENT_BACKENDS) {
+  check_apgd_agrees<l2, targeted_dlr, B>(0.6f);  // succeeds on 5 of 8 examples on cpu
+}
+
+TEST_CASE_TEMPLATE("linf apgd-t gives the same success flags as cpu, adversarial examples to 1e-5 and losses to "
+                   "1e-5 relative",
+                   B, OPNORM_AGREEMENT_BACKENDS) {
+  check_apgd_agrees<linf, targeted_dlr, B>(0.03f);  // succeeds on 4 of 8 examples on cpu
 }
 
 // ---------------------------------------------------------------- methods

@@ -7,7 +7,7 @@
 # and recomputes every quantity. The writer is a ctest fixture setup step, so
 # running the check alone (ctest -R torch_crosscheck) writes the files first.
 #
-# Both steps run single-threaded: this checks numbers, not speed, and the
+# Both steps run single-threaded (tests/cmake/python_crosscheck.cmake): the
 # writer's 200 power iterations on two examples are many small parallel
 # loops, which on a loaded 2-core machine take seconds per iteration with
 # two spinning OpenMP threads and about 5 ms with one.
@@ -17,24 +17,7 @@
 # skipped.
 set(OPNORM_TORCH_PYTHON /usr/bin/python3 CACHE FILEPATH "Python interpreter with torch, for cross-checks")
 
-add_executable(torch_crosscheck_dump ${CMAKE_CURRENT_SOURCE_DIR}/tools/torch_crosscheck_dump.cpp)
-target_link_libraries(torch_crosscheck_dump PRIVATE opnorm_programs)
-
-set(OPNORM_TORCH_CROSSCHECK_DIR ${CMAKE_CURRENT_BINARY_DIR}/torch_crosscheck)
-add_test(NAME torch_crosscheck_write
-         COMMAND torch_crosscheck_dump ${OPNORM_TORCH_CROSSCHECK_DIR})
-set_tests_properties(torch_crosscheck_write PROPERTIES
-  FIXTURES_SETUP torch_crosscheck_files
-  ENVIRONMENT "OMP_NUM_THREADS=1")
-
-if(EXISTS ${OPNORM_TORCH_PYTHON})
-  add_test(NAME torch_crosscheck
-           COMMAND ${OPNORM_TORCH_PYTHON} ${CMAKE_CURRENT_SOURCE_DIR}/torch_crosscheck.py
-                   ${OPNORM_TORCH_CROSSCHECK_DIR})
-  set_tests_properties(torch_crosscheck PROPERTIES
-    FIXTURES_REQUIRED torch_crosscheck_files
-    SKIP_RETURN_CODE 77
-    ENVIRONMENT "OMP_NUM_THREADS=1")
-else()
-  message(STATUS "opnorm: ${OPNORM_TORCH_PYTHON} not found; the PyTorch fmnist_cnn cross-check is not registered")
-endif()
+include(${CMAKE_CURRENT_LIST_DIR}/cmake/python_crosscheck.cmake)
+opnorm_python_crosscheck(torch_crosscheck
+  PYTHON ${OPNORM_TORCH_PYTHON}
+  WHAT "the PyTorch fmnist_cnn cross-check")

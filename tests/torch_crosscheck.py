@@ -34,32 +34,12 @@ that noise.
 import os
 import sys
 
-try:
-    import torch
-    import torch.nn.functional as F
-except ImportError as error:  # the ctest registration maps 77 to "skipped"
-    print(f"skipping: torch is not importable by {sys.executable}: {error}")
-    sys.exit(77)
-
-# The safetensors reader (standard library + torch; torch 1.13 has no
-# safetensors module) that also checks the byte layout lives beside this file.
+# torch_models (beside this file) imports torch, or exits 77 (ctest: skipped).
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from check_safetensors import read_safetensors  # noqa: E402
+from torch_models import Standardize, load_checkpoint, read_safetensors, run, torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
 
 TOLERANCE = 1e-4
-
-
-class Standardize(torch.nn.Module):
-    """(x - mean_c) / std_c, the statistics being buffers as in opnorm."""
-
-    def __init__(self, mean, std):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32))
-
-    def forward(self, x):
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        return (x - self.mean.view(shape)) / self.std.view(shape)
 
 
 def fmnist_cnn():
@@ -125,18 +105,12 @@ def compare_gradients(table, model, probe, prefix, label, vanishing=None):
             table.compare(f"{label} {name}", probe[prefix + name], p.grad)
 
 
-def main():
-    if len(sys.argv) != 2:
-        print(__doc__)
-        return 2
-    directory = sys.argv[1]
-    _, checkpoint = read_safetensors(os.path.join(directory, "fmnist_cnn.safetensors"))
+def main(directory):
     _, after_train = read_safetensors(os.path.join(directory, "after_train.safetensors"))
     metadata, probe = read_safetensors(os.path.join(directory, "probe.safetensors"))
     eps = float(metadata["fgm_eps"])
 
-    model = fmnist_cnn()
-    model.load_state_dict(checkpoint, strict=True)
+    model = load_checkpoint(fmnist_cnn(), os.path.join(directory, "fmnist_cnn.safetensors"))
     x = probe["input"]
     y = probe["labels"].long()
     table = Table()
@@ -215,8 +189,4 @@ def main():
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except AssertionError as error:
-        print(f"FAILED: {error}")
-        sys.exit(1)
+    run(main, __doc__)

@@ -12,9 +12,13 @@
 //                          make_apgd_ensemble (APGD-CE, then APGD-T)
 //   attacks/rows.hpp       gathering and scattering the examples still robust
 //
-//   auto attack = make_pga<l2>(model, {.eps = 1.5});
+//   attack_options<float> options;     // float: the model's scalar type
+//   options.eps = 1.5f;
+//   auto attack = make_pga<l2>(model, options);
 //   auto result = attack(x, labels);   // result.adversarial, result.success
-//   double acc = robust_accuracy(model, make_apgd_ensemble<linf>(model, {.eps = 0.1}), x, labels);
+//   apgd_options<float> apgd;
+//   apgd.eps = 0.1f;
+//   double acc = robust_accuracy(model, make_apgd_ensemble<linf>(model, apgd), x, labels);
 #include "attacks/pga.hpp"
 #include "attacks/apgd.hpp"
 #include "attacks/ensemble.hpp"

@@ -78,6 +78,53 @@ template <class T>
 OPNORM_HD inline T dlr_floor() {
   return static_cast<T>(1e-12);
 }
+
+// dlr and targeted_dlr are both -(z_y - z_rival) / den, with den built from
+// the top logits, and differ only in which class is the rival and in how den
+// is formed. This kernel holds what they share (the top logits, the ratio,
+// its gradient and the reduction) so that the two cannot drift apart; each
+// loss passes itself as Terms, supplying as OPNORM_HD static members
+//   true_class(classes, i), rival(classes, i, label, top),
+//   denominator(zi, top), add_denominator_gradient(gi, top, b),
+// where b = d(loss)/d(den) and the last adds b * d(den)/dz to gi.
+// A free function: nvcc rejects extended lambdas in private member functions.
+template <class Terms, class T, class B>
+T dlr_ratio(const tensor<T, B>& logits, const label_tensor<B>& classes, tensor<T, B>* gradient, reduction r,
+            tensor<T, B>* per_example) {
+  const index_t n = logits.dim(0), k = logits.example_size();
+  tensor<T, B> values({n});
+  if (gradient) gradient->resize(logits.shape());
+  const T* z = logits.data();
+  const std::int32_t* c = classes.data();
+  T* val = values.data();
+  T* g = gradient ? gradient->data() : nullptr;
+  const T scale = r == reduction::mean ? T(1) / static_cast<T>(n) : T(1);
+  backend_ops<B>::for_each_index(n, [=] OPNORM_HD(index_t i) {
+    const T* zi = z + i * k;
+    index_t top[4];
+    top_four(zi, k, top);
+    const index_t label = Terms::true_class(c, i);
+    const index_t rival = Terms::rival(c, i, label, top);
+    // Both written as differences of logits, never as differences of
+    // sums: large logits cancel exactly where the ratio is decided.
+    const T margin = zi[label] - zi[rival];
+    const T den = Terms::denominator(zi, top);
+    val[i] = -margin / den;
+    if (g) {
+      T* gi = g + i * k;
+      for (index_t j = 0; j < k; ++j) gi[j] = T(0);
+      // d/dmargin = -1/den; d/dden = margin/den^2, formed as (margin/den)/den
+      // so a tiny den cannot overflow den^2 before the division.
+      const T a = scale / den;
+      const T b = scale * ((margin / den) / den);
+      gi[label] -= a;
+      gi[rival] += a;
+      Terms::add_denominator_gradient(gi, top, b);
+    }
+  });
+  if (per_example) *per_example = values;
+  return reduce_per_example(values, r);
+}
 }  // namespace detail
 
 /// -log softmax(z)_y, with a max-shifted log-sum-exp so large logits neither
@@ -197,38 +244,24 @@ struct dlr {
       throw std::invalid_argument("opnorm::dlr: " + std::to_string(labels.size()) + " labels for " + std::to_string(n) +
                                   " examples");
     detail::check_labels("dlr", labels, k);
-    tensor<T, B> values({n});
-    if (gradient) gradient->resize(logits.shape());
-    const T* z = logits.data();
-    const std::int32_t* y = labels.data();
-    T* val = values.data();
-    T* g = gradient ? gradient->data() : nullptr;
-    const T scale = r == reduction::mean ? T(1) / static_cast<T>(n) : T(1);
-    backend_ops<B>::for_each_index(n, [=] OPNORM_HD(index_t i) {
-      const T* zi = z + i * k;
-      index_t top[4];
-      detail::top_four(zi, k, top);
-      const index_t label = y[i];
-      const index_t other = top[0] != label ? top[0] : top[1];  // argmax_{j != y} z_j
-      // Both written as differences of logits, never as differences of
-      // sums: large logits cancel exactly where the ratio is decided.
-      const T margin = zi[label] - zi[other];
-      const T den = (zi[top[0]] - zi[top[2]]) + detail::dlr_floor<T>();
-      val[i] = -margin / den;
-      if (g) {
-        for (index_t j = 0; j < k; ++j) g[i * k + j] = T(0);
-        // d/dmargin = -1/den; d/dden = margin/den^2, formed as (margin/den)/den
-        // so a tiny den cannot overflow den^2 before the division.
-        const T a = scale / den;
-        const T b = scale * ((margin / den) / den);
-        g[i * k + label] -= a;
-        g[i * k + other] += a;
-        g[i * k + top[0]] += b;
-        g[i * k + top[2]] -= b;
-      }
-    });
-    if (per_example) *per_example = values;
-    return detail::reduce_per_example(values, r);
+    return detail::dlr_ratio<dlr>(logits, labels, gradient, r, per_example);
+  }
+
+  // What sets dlr apart within detail::dlr_ratio; public because the kernel
+  // there calls them.
+  OPNORM_HD static index_t true_class(const std::int32_t* labels, index_t i) { return labels[i]; }
+  // argmax_{j != y} z_j
+  OPNORM_HD static index_t rival(const std::int32_t*, index_t, index_t label, const index_t (&top)[4]) {
+    return top[0] != label ? top[0] : top[1];
+  }
+  template <class T>
+  OPNORM_HD static T denominator(const T* zi, const index_t (&top)[4]) {
+    return (zi[top[0]] - zi[top[2]]) + detail::dlr_floor<T>();
+  }
+  template <class T>
+  OPNORM_HD static void add_denominator_gradient(T* gi, const index_t (&top)[4], T b) {
+    gi[top[0]] += b;
+    gi[top[2]] -= b;
   }
 };
 
@@ -274,36 +307,27 @@ struct targeted_dlr {
       throw std::invalid_argument("opnorm::targeted_dlr: the target must be (true class, target class) pairs of shape (" +
                                   std::to_string(n) + ", 2) (see label_pairs), got " + shape_string(pairs.shape()));
     detail::check_labels("targeted_dlr", pairs, k);
-    tensor<T, B> values({n});
-    if (gradient) gradient->resize(logits.shape());
-    const T* z = logits.data();
-    const std::int32_t* p = pairs.data();
-    T* val = values.data();
-    T* g = gradient ? gradient->data() : nullptr;
-    const T scale = r == reduction::mean ? T(1) / static_cast<T>(n) : T(1);
-    backend_ops<B>::for_each_index(n, [=] OPNORM_HD(index_t i) {
-      const T* zi = z + i * k;
-      index_t top[4];
-      detail::top_four(zi, k, top);
-      const index_t label = p[2 * i], target = p[2 * i + 1];
-      const T margin = zi[label] - zi[target];
-      // z_pi1 - (z_pi3 + z_pi4)/2 as the mean of two logit differences.
-      const T half = T(1) / T(2);
-      const T den = half * (zi[top[0]] - zi[top[2]]) + half * (zi[top[0]] - zi[top[3]]) + detail::dlr_floor<T>();
-      val[i] = -margin / den;
-      if (g) {
-        for (index_t j = 0; j < k; ++j) g[i * k + j] = T(0);
-        const T a = scale / den;
-        const T b = scale * ((margin / den) / den);
-        g[i * k + label] -= a;
-        g[i * k + target] += a;
-        g[i * k + top[0]] += b;
-        g[i * k + top[2]] -= half * b;
-        g[i * k + top[3]] -= half * b;
-      }
-    });
-    if (per_example) *per_example = values;
-    return detail::reduce_per_example(values, r);
+    return detail::dlr_ratio<targeted_dlr>(logits, pairs, gradient, r, per_example);
+  }
+
+  // What sets targeted_dlr apart within detail::dlr_ratio; public because
+  // the kernel there calls them. Row i of the pairs is (y_i, t_i).
+  OPNORM_HD static index_t true_class(const std::int32_t* pairs, index_t i) { return pairs[2 * i]; }
+  OPNORM_HD static index_t rival(const std::int32_t* pairs, index_t i, index_t, const index_t (&)[4]) {
+    return pairs[2 * i + 1];
+  }
+  // z_pi1 - (z_pi3 + z_pi4)/2 as the mean of two logit differences.
+  template <class T>
+  OPNORM_HD static T denominator(const T* zi, const index_t (&top)[4]) {
+    const T half = T(1) / T(2);
+    return half * (zi[top[0]] - zi[top[2]]) + half * (zi[top[0]] - zi[top[3]]) + detail::dlr_floor<T>();
+  }
+  template <class T>
+  OPNORM_HD static void add_denominator_gradient(T* gi, const index_t (&top)[4], T b) {
+    const T half = T(1) / T(2);
+    gi[top[0]] += b;
+    gi[top[2]] -= half * b;
+    gi[top[3]] -= half * b;
   }
 };
 

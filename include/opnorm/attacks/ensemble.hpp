@@ -4,7 +4,9 @@
 // it. The attacks run in order, each on the examples still robust, so a
 // strong first attack (APGD-CE) leaves the later ones little to do.
 //
-//   auto attacks = make_apgd_ensemble<linf>(model, {.eps = 0.1f});   // APGD-CE, then APGD-T
+//   apgd_options<float> options;                                     // float: the model's scalar type
+//   options.eps = 0.1f;
+//   auto attacks = make_apgd_ensemble<linf>(model, options);          // APGD-CE, then APGD-T
 //   auto report = worst_case(model, attacks, x, labels);   // report.robust[i], report.accuracy()
 //   double acc = robust_accuracy(model, attacks, x, labels);
 //   auto same = worst_case(model, x, labels, apgd_ce, pga10);         // attacks by reference

@@ -2,9 +2,11 @@
 // Attacks: projected gradient ascent (PGA/PGD) in l2 or linf, and the fast
 // gradient method as its one-step case, in the shape attack libraries use:
 //
-//   auto attack = make_pga<l2>(model, {.eps = 1.5});   // or pga<Model, l2>(model, options)
+//   attack_options<float> options;                      // float: the model's scalar type
+//   options.eps = 1.5f;
+//   auto attack = make_pga<l2>(model, options);         // or pga<Model, l2>(model, options)
 //   auto result = attack(x, labels);                    // result.adversarial, result.success
-//   robust_accuracy(model, attack_options, x, labels, {0.5, 1.0, 2.0});
+//   robust_accuracy(model, options, x, labels, {0.5, 1.0, 2.0});
 //
 // PGA is the power-iteration kernel with a loss-gradient forward half and a
 // projected step (paper Eq. 11/12). eps is in the model's input units: pixels

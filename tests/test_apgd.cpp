@@ -1,10 +1,12 @@
 // APGD (APGD-CE, APGD-DLR, APGD-T), the DLR losses and the worst case over
 // an ensemble of attacks, tested the way attack libraries test their attacks:
 // feasibility, eps = 0, the checkpoint schedule and the step-size rule,
-// batch consistency, no side effects, restarts, the losses' gradients and
+// batch consistency, dropping broken examples from a run (the same results,
+// fewer rows), no side effects, restarts, the losses' gradients and
 // invariances, the exact optimum of a linear model, strength against PGA,
 // and NaN surfacing as an error. Double precision, on every backend; the
 // norm-generic checks run for each (norm, backend) pair.
+#include "attack_test_models.hpp"
 #include "gradient_check.hpp"
 
 #include <algorithm>
@@ -21,80 +23,18 @@ using namespace opnorm::testing;
 
 namespace {
 
-template <class B>
-using mlp = sequential<dense<double, B>, batch_norm<double, B>, relu<double, B>, dense<double, B>>;
-template <class B>
-using linear_model = sequential<dense<double, B>>;
-
 constexpr index_t features = 12, classes = 4;  // 4 classes: targeted DLR needs z_pi4
-
-template <class B>
-mlp<B> make_mlp(std::uint64_t seed) {
-  mlp<B> net(dense<double, B>(features, 16), batch_norm<double, B>(16), relu<double, B>(),
-             dense<double, B>(16, classes));
-  net.initialize(seed);
-  return net;
-}
-
-// One Gaussian blob per class in [0,1]^d.
-template <class B>
-void make_blobs(index_t n, std::uint64_t seed, tensor<double, B>& x, label_tensor<B>& y) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> noise(0.0, 0.1);
-  std::uniform_int_distribution<int> pick(0, static_cast<int>(classes) - 1);
-  std::uniform_real_distribution<double> u(0.2, 0.8);
-  std::vector<std::vector<double>> centres(classes, std::vector<double>(features));
-  for (auto& c : centres)
-    for (auto& e : c) e = u(rng);
-  x = tensor<double, B>({n, features});
-  y = label_tensor<B>({n});
-  for (index_t i = 0; i < n; ++i) {
-    const int c = pick(rng);
-    y[i] = c;
-    for (index_t j = 0; j < features; ++j) x(i, j) = std::clamp(centres[c][j] + noise(rng), 0.0, 1.0);
-  }
-}
-
-// Plain full-batch gradient descent, enough to make a model worth attacking.
-template <class B>
-void train(mlp<B>& net, const tensor<double, B>& x, const label_tensor<B>& y, int steps) {
-  typename mlp<B>::tape t;
-  tensor<double, B> g;
-  for (int s = 0; s < steps; ++s) {
-    net.zero_grad();
-    softmax_cross_entropy::evaluate(net.forward(x, t, mode::train), y, &g);
-    net.vjp(t, g, nullptr, true);
-    for (auto& p : net.state().parameters)
-      for (index_t i = 0; i < p.value->size(); ++i) (*p.value)[i] -= 0.5 * (*p.grad)[i];
-  }
-}
-
-template <class B>
-double accuracy(mlp<B>& net, const tensor<double, B>& x, const label_tensor<B>& y) {
-  const auto predicted = argmax_rows(net.predict(x));
-  index_t c = 0;
-  for (index_t i = 0; i < y.size(); ++i) c += predicted[i] == y[i];
-  return static_cast<double>(c) / static_cast<double>(y.size());
-}
 
 template <class B>
 struct trained_fixture {
   tensor<double, B> x;
   label_tensor<B> y;
-  mlp<B> net = make_mlp<B>(1);
+  mlp<B> net = make_mlp<B>(1, features, classes);
   trained_fixture() {
-    make_blobs(200, 2, x, y);
+    make_blobs(200, features, classes, 0.1, 2, x, y);
     train(net, x, y, 300);
   }
 };
-
-template <class Norm, class B>
-std::vector<double> distances(const tensor<double, B>& a, const tensor<double, B>& b) {
-  tensor<double, B> diff, out;
-  subtract(a, b, diff);
-  Norm::norms(diff, out);
-  return out.to_vector();
-}
 
 template <class T>
 struct tag {
@@ -327,68 +267,93 @@ TEST_CASE_TEMPLATE_DEFINE("APGD halves the step size exactly at the checkpoints 
   const double eps = std::is_same_v<Norm, l2> ? 0.3 : 0.15;
   const int iterations = 100;
   const std::vector<int> checkpoints = apgd_checkpoints(iterations);
-  int halvings = 0, kept = 0, halvings_by_condition_2_alone = 0;
-  for_each_loss([&](auto loss_tag) {
-    using Loss = typename decltype(loss_tag)::type;
-    CAPTURE(loss_name<Loss>());
-    apgd_options<double> o;
-    o.eps = eps;
-    o.iterations = iterations;
-    o.target_classes = 1;
-    auto attack = make_apgd<Norm, Loss>(f.net, o);
-    std::vector<apgd_iteration<double>> trace;
-    attack.observe([&](const apgd_iteration<double>& it) {
-      if (it.run == 0) trace.push_back(it);
-    });
-    attack(f.x, f.y);
-    REQUIRE(trace.size() == static_cast<std::size_t>(iterations + 1));
-    const std::size_t m = trace[0].examples.size();
-    const std::size_t d = static_cast<std::size_t>(features);
-    REQUIRE(m > 0);
-    for (std::size_t j = 0; j < m; ++j) {
-      CHECK(trace[0].step_size[j] == 2 * eps);
-      CHECK(trace[0].best_loss[j] == trace[0].loss[j]);
-      int last = 0;
-      bool halved_last = true;  // condition 2 starts at the second checkpoint
-      std::size_t next = 0;
-      for (int it = 1; it <= iterations; ++it) {
-        const auto& now = trace[static_cast<std::size_t>(it)];
-        const auto& before = trace[static_cast<std::size_t>(it - 1)];
-        // The best loss is the running maximum of the losses.
-        CHECK(now.best_loss[j] == std::max(before.best_loss[j], now.loss[j]));
-        if (next < checkpoints.size() && it == checkpoints[next]) {
-          int increases = 0;
-          for (int s = last + 1; s <= it; ++s)
-            increases += trace[static_cast<std::size_t>(s)].loss[j] > trace[static_cast<std::size_t>(s - 1)].loss[j];
-          const bool condition_1 = increases <= 0.75 * (it - last);
-          const bool condition_2 = !halved_last && trace[static_cast<std::size_t>(last)].best_loss[j] >= now.best_loss[j];
-          const bool halve = condition_1 || condition_2;
-          const double previous = trace[static_cast<std::size_t>(last)].step_size[j];
-          CHECK(now.step_size[j] == (halve ? previous / 2 : previous));
-          if (halve) {
-            // The next step starts from the first iterate that reached the best loss.
-            int best_at = 0;
-            while (trace[static_cast<std::size_t>(best_at)].loss[j] != now.best_loss[j]) ++best_at;
-            for (std::size_t c = 0; c < d; ++c)
-              CHECK(now.point[j * d + c] == trace[static_cast<std::size_t>(best_at)].point[j * d + c]);
+  // With drop_broken an example leaves the records once dropped, so each
+  // example is followed by its index; without, every record has every row.
+  for (bool drop : {false, true}) {
+    CAPTURE(drop);
+    int halvings = 0, kept = 0, halvings_by_condition_2_alone = 0;
+    for_each_loss([&](auto loss_tag) {
+      using Loss = typename decltype(loss_tag)::type;
+      CAPTURE(loss_name<Loss>());
+      apgd_options<double> o;
+      o.eps = eps;
+      o.iterations = iterations;
+      o.target_classes = 1;
+      o.drop_broken = drop;
+      auto attack = make_apgd<Norm, Loss>(f.net, o);
+      std::vector<apgd_iteration<double>> trace;
+      attack.observe([&](const apgd_iteration<double>& it) {
+        if (it.run == 0) trace.push_back(it);
+      });
+      attack(f.x, f.y);
+      REQUIRE(trace.size() == static_cast<std::size_t>(iterations + 1));
+      const std::size_t m = trace[0].examples.size();
+      const std::size_t d = static_cast<std::size_t>(features);
+      REQUIRE(m > 0);
+      for (std::size_t j0 = 0; j0 < m; ++j0) {
+        // row[it]: the example's row in record it, for every iteration it
+        // was evaluated at (a prefix of the run).
+        const index_t example = trace[0].examples[j0];
+        std::vector<std::size_t> row;
+        for (const auto& record : trace) {
+          const auto at = std::find(record.examples.begin(), record.examples.end(), example);
+          if (at == record.examples.end()) break;
+          row.push_back(static_cast<std::size_t>(at - record.examples.begin()));
+        }
+        if (!drop) REQUIRE(row.size() == trace.size());
+        const auto loss = [&](int it) { return trace[static_cast<std::size_t>(it)].loss[row[static_cast<std::size_t>(it)]]; };
+        const auto best_loss = [&](int it) {
+          return trace[static_cast<std::size_t>(it)].best_loss[row[static_cast<std::size_t>(it)]];
+        };
+        const auto step_size = [&](int it) {
+          return trace[static_cast<std::size_t>(it)].step_size[row[static_cast<std::size_t>(it)]];
+        };
+        const auto point = [&](int it, std::size_t c) {
+          return trace[static_cast<std::size_t>(it)].point[row[static_cast<std::size_t>(it)] * d + c];
+        };
+        CHECK(step_size(0) == 2 * eps);
+        CHECK(best_loss(0) == loss(0));
+        int last = 0;
+        bool halved_last = true;  // condition 2 starts at the second checkpoint
+        std::size_t next = 0;
+        for (int it = 1; it < static_cast<int>(row.size()); ++it) {
+          // The best loss is the running maximum of the losses.
+          CHECK(best_loss(it) == std::max(best_loss(it - 1), loss(it)));
+          if (next < checkpoints.size() && it == checkpoints[next]) {
+            int increases = 0;
+            for (int s = last + 1; s <= it; ++s) increases += loss(s) > loss(s - 1);
+            const bool condition_1 = increases <= 0.75 * (it - last);
+            const bool condition_2 = !halved_last && best_loss(last) >= best_loss(it);
+            const bool halve = condition_1 || condition_2;
+            const double previous = step_size(last);
+            CHECK(step_size(it) == (halve ? previous / 2 : previous));
+            if (halve) {
+              // The next step starts from the first iterate that reached the best loss.
+              int best_at = 0;
+              while (loss(best_at) != best_loss(it)) ++best_at;
+              for (std::size_t c = 0; c < d; ++c) CHECK(point(it, c) == point(best_at, c));
+            }
+            halvings += halve;
+            kept += !halve;
+            halvings_by_condition_2_alone += condition_2 && !condition_1;
+            halved_last = halve;
+            last = it;
+            ++next;
+          } else {
+            CHECK(step_size(it) == step_size(it - 1));
           }
-          halvings += halve;
-          kept += !halve;
-          halvings_by_condition_2_alone += condition_2 && !condition_1;
-          halved_last = halve;
-          last = it;
-          ++next;
-        } else {
-          CHECK(now.step_size[j] == before.step_size[j]);
         }
       }
-    }
-  });
-  // Both outcomes happen, and condition 2 decides some of them alone, so
-  // the rule above was exercised every way.
-  CHECK(halvings > 0);
-  CHECK(kept > 0);
-  CHECK(halvings_by_condition_2_alone > 0);
+    });
+    // Both outcomes happen, and condition 2 decides some of them alone, so
+    // the rule above was exercised every way. With linf (eps = 0.15 on this
+    // model) condition 2 decides alone only on examples already broken, at
+    // iterations drop_broken no longer evaluates: that case is required of
+    // the run that keeps every row.
+    CHECK(halvings > 0);
+    CHECK(kept > 0);
+    if (!drop || std::is_same_v<Norm, l2>) CHECK(halvings_by_condition_2_alone > 0);
+  }
 }
 TEST_CASE_TEMPLATE_APPLY(step_rule, test_backends::cross<l2, linf>);
 
@@ -475,6 +440,133 @@ TEST_CASE_TEMPLATE_DEFINE("APGD on example i inside a batch equals APGD on it al
   });
 }
 TEST_CASE_TEMPLATE_APPLY(batch_consistency, test_backends::cross<l2, linf>);
+
+TEST_CASE_TEMPLATE_DEFINE("dropping broken examples changes no result", C, drop_broken_results) {
+  using Norm = typename C::policy;
+  using B = typename C::backend;
+  trained_fixture<B> f;
+  const auto clean = argmax_rows(f.net.predict(f.x));
+  const auto compare = [&](auto loss_tag) {
+    using Loss = typename decltype(loss_tag)::type;
+    CAPTURE(loss_name<Loss>());
+    // The batch-consistency setting: restarts and target classes, so later
+    // runs start from what earlier ones left. Dropping rows changes the
+    // batch the model's GEMMs see, and a GEMM over fewer rows may round an
+    // example's logits differently (1e-17, the Eigen kernels block by the
+    // batch size); after 20 iterations that stays far below 1e-12.
+    apgd_options<double> o;
+    o.eps = std::is_same_v<Norm, l2> ? 0.4 : 0.08;
+    o.iterations = 20;
+    o.restarts = 2;
+    o.target_classes = 3;
+    o.seed = 11;
+    o.drop_broken = false;
+    const auto all_rows = make_apgd<Norm, Loss>(f.net, o)(f.x, f.y);
+    o.drop_broken = true;
+    auto attack = make_apgd<Norm, Loss>(f.net, o);
+    std::vector<std::vector<index_t>> live;  // the first run's examples at each iteration
+    attack.observe([&](const apgd_iteration<double>& it) {
+      if (it.run == 0) live.push_back(it.examples);
+    });
+    const auto dropping = attack(f.x, f.y);
+
+    REQUIRE(live.size() == static_cast<std::size_t>(o.iterations + 1));
+    std::size_t broken_early = 0, never_broken = 0;
+    for (index_t i : live.front()) {
+      broken_early += std::find(live[5].begin(), live[5].end(), i) == live[5].end();
+      never_broken += !all_rows.success[static_cast<std::size_t>(i)];
+    }
+    // Examples left the first run by iteration 5, and others resisted every
+    // run to the end: the comparison covers both kinds of result.
+    CAPTURE(broken_early);
+    CAPTURE(never_broken);
+    CHECK(broken_early > 0);
+    CHECK(never_broken > 0);
+
+    CHECK(dropping.success == all_rows.success);
+    for (index_t i = 0; i < f.y.size(); ++i) {
+      CAPTURE(i);
+      CAPTURE(clean[static_cast<std::size_t>(i)] == f.y[i]);
+      CHECK(relative_error(slice_rows(dropping.adversarial, i, i + 1), slice_rows(all_rows.adversarial, i, i + 1)) <
+            1e-12);
+      CHECK(dropping.loss[static_cast<std::size_t>(i)] ==
+            doctest::Approx(all_rows.loss[static_cast<std::size_t>(i)]).epsilon(1e-12));
+    }
+  };
+  compare(tag<softmax_cross_entropy>{});
+  compare(tag<targeted_dlr>{});
+}
+TEST_CASE_TEMPLATE_APPLY(drop_broken_results, test_backends::cross<l2, linf>);
+
+TEST_CASE_TEMPLATE_DEFINE("APGD with drop_broken evaluates a run only on the examples it has not broken yet", C,
+                          drop_broken_rows) {
+  using Norm = typename C::policy;
+  using B = typename C::backend;
+  trained_fixture<B> f;
+  const int iterations = 30;
+  const std::vector<int> checkpoints = apgd_checkpoints(iterations);
+  // The iterations after whose record broken examples may leave: the start,
+  // every 5th, and the checkpoints.
+  const auto drop_point = [&](int it) {
+    return it % 5 == 0 || std::find(checkpoints.begin(), checkpoints.end(), it) != checkpoints.end();
+  };
+  apgd_options<double> o;
+  o.eps = std::is_same_v<Norm, l2> ? 0.3 : 0.08;
+  o.iterations = iterations;
+  std::size_t evaluations[2] = {0, 0};
+  for (bool drop : {false, true}) {
+    CAPTURE(drop);
+    o.drop_broken = drop;
+    auto attack = make_apgd<Norm, softmax_cross_entropy>(f.net, o);
+    std::vector<apgd_iteration<double>> trace;
+    attack.observe([&](const apgd_iteration<double>& it) { trace.push_back(it); });
+    const auto r = attack(f.x, f.y);
+    REQUIRE(trace.size() == static_cast<std::size_t>(iterations + 1));  // one run, to its end
+    const std::vector<index_t>& start = trace.front().examples;
+    for (std::size_t it = 0; it < trace.size(); ++it) {
+      CAPTURE(it);
+      const auto& now = trace[it];
+      evaluations[drop] += now.examples.size();
+      // The per-example vectors follow the examples listed.
+      CHECK(now.loss.size() == now.examples.size());
+      CHECK(now.best_loss.size() == now.examples.size());
+      CHECK(now.step_size.size() == now.examples.size());
+      CHECK(now.point.size() == now.examples.size() * static_cast<std::size_t>(features));
+      if (!drop) {
+        CHECK(now.examples == start);
+        continue;
+      }
+      if (it == 0) continue;
+      // Examples only leave, in order, after a drop point, and only broken ones.
+      const auto& before = trace[it - 1].examples;
+      CHECK(std::includes(before.begin(), before.end(), now.examples.begin(), now.examples.end()));
+      if (now.examples.size() < before.size()) CHECK(drop_point(static_cast<int>(it) - 1));
+      for (index_t i : before)
+        if (!std::binary_search(now.examples.begin(), now.examples.end(), i)) CHECK(r.success[static_cast<std::size_t>(i)]);
+    }
+    if (drop) {
+      CAPTURE(start.size());
+      CAPTURE(trace.back().examples.size());
+      CHECK(trace.back().examples.size() < start.size());  // the rows shrank
+      CHECK(!trace.back().examples.empty());               // and some lasted the whole run
+    }
+  }
+  CAPTURE(evaluations[0]);
+  CAPTURE(evaluations[1]);
+  CHECK(evaluations[1] < evaluations[0]);
+
+  // A run in which every example breaks ends when the last one is dropped.
+  o.eps = std::is_same_v<Norm, l2> ? 2.0 : 0.5;
+  o.iterations = 100;
+  o.drop_broken = true;
+  auto attack = make_apgd<Norm, softmax_cross_entropy>(f.net, o);
+  int records = 0;
+  attack.observe([&](const apgd_iteration<double>&) { ++records; });
+  const auto r = attack(f.x, f.y);
+  for (index_t i = 0; i < f.y.size(); ++i) REQUIRE(r.success[static_cast<std::size_t>(i)]);
+  CHECK(records < o.iterations + 1);
+}
+TEST_CASE_TEMPLATE_APPLY(drop_broken_rows, test_backends::cross<l2, linf>);
 
 TEST_CASE_TEMPLATE("APGD and the ensemble leave inputs, labels, weights, parameter gradients and BatchNorm running "
                    "statistics unchanged",
@@ -662,7 +754,7 @@ TEST_CASE_TEMPLATE_APPLY(stronger, test_backends::cross<l2, linf>);
 TEST_CASE_TEMPLATE_DEFINE("a zero input gradient never produces NaN in APGD", C, zero_gradient) {
   using Norm = typename C::policy;
   using B = typename C::backend;
-  mlp<B> net = make_mlp<B>(3);
+  mlp<B> net = make_mlp<B>(3, features, classes);
   for (auto& p : net.state().parameters) p.value->set_zero();  // equal logits: zero input gradient
   tensor<double, B> x({4, features}, 0.5);
   label_tensor<B> y({4}, 1);

@@ -5,6 +5,7 @@
 // composition, parameter gradients included), monotone strength, the random
 // start's distribution, and no NaN from a zero gradient. Double precision, on
 // every backend; the norm-generic checks run for each (norm, backend) pair.
+#include "attack_test_models.hpp"
 #include "gradient_check.hpp"
 
 #include <algorithm>
@@ -23,76 +24,15 @@ using namespace opnorm::testing;
 namespace {
 
 template <class B>
-using mlp = sequential<dense<double, B>, batch_norm<double, B>, relu<double, B>, dense<double, B>>;
-template <class B>
-using linear_model = sequential<dense<double, B>>;
-
-template <class B>
-mlp<B> make_mlp(std::uint64_t seed, index_t d = 12, index_t classes = 3) {
-  mlp<B> net(dense<double, B>(d, 16), batch_norm<double, B>(16), relu<double, B>(), dense<double, B>(16, classes));
-  net.initialize(seed);
-  return net;
-}
-
-// Two Gaussian blobs per class in [0,1]^d, labels by the nearest centre.
-template <class B>
-void make_blobs(index_t n, index_t d, index_t classes, std::uint64_t seed, tensor<double, B>& x, label_tensor<B>& y) {
-  std::mt19937_64 rng(seed);
-  std::normal_distribution<double> noise(0.0, 0.08);
-  std::uniform_int_distribution<int> pick(0, static_cast<int>(classes) - 1);
-  std::vector<std::vector<double>> centres(static_cast<std::size_t>(classes), std::vector<double>(static_cast<std::size_t>(d)));
-  std::uniform_real_distribution<double> u(0.2, 0.8);
-  for (auto& c : centres)
-    for (auto& e : c) e = u(rng);
-  x = tensor<double, B>({n, d});
-  y = label_tensor<B>({n});
-  for (index_t i = 0; i < n; ++i) {
-    const int c = pick(rng);
-    y[i] = c;
-    for (index_t j = 0; j < d; ++j) x(i, j) = std::clamp(centres[static_cast<std::size_t>(c)][static_cast<std::size_t>(j)] + noise(rng), 0.0, 1.0);
-  }
-}
-
-// Plain full-batch gradient descent, enough to make a model worth attacking.
-template <class B>
-void train(mlp<B>& net, const tensor<double, B>& x, const label_tensor<B>& y, int steps) {
-  typename mlp<B>::tape t;
-  tensor<double, B> g;
-  for (int s = 0; s < steps; ++s) {
-    net.zero_grad();
-    softmax_cross_entropy::evaluate(net.forward(x, t, mode::train), y, &g);
-    net.vjp(t, g, nullptr, true);
-    for (auto& p : net.state().parameters)
-      for (index_t i = 0; i < p.value->size(); ++i) (*p.value)[i] -= 0.5 * (*p.grad)[i];
-  }
-}
-
-template <class B>
-double accuracy(mlp<B>& net, const tensor<double, B>& x, const label_tensor<B>& y) {
-  const auto predicted = argmax_rows(net.predict(x));
-  index_t c = 0;
-  for (index_t i = 0; i < y.size(); ++i) c += predicted[static_cast<std::size_t>(i)] == y[i];
-  return static_cast<double>(c) / static_cast<double>(y.size());
-}
-
-template <class B>
 struct trained_fixture {
   tensor<double, B> x;
   label_tensor<B> y;
-  mlp<B> net = make_mlp<B>(1);
+  mlp<B> net = make_mlp<B>(1, 12, 3);
   trained_fixture() {
-    make_blobs(200, 12, 3, 2, x, y);
+    make_blobs(200, 12, 3, 0.08, 2, x, y);
     train(net, x, y, 300);
   }
 };
-
-template <class Norm, class B>
-std::vector<double> distances(const tensor<double, B>& a, const tensor<double, B>& b) {
-  tensor<double, B> diff, out;
-  subtract(a, b, diff);
-  Norm::norms(diff, out);
-  return out.to_vector();
-}
 
 // Everything an attack or a power iteration must leave as it found it:
 // parameters, parameter gradients, buffers (running statistics), counters.
@@ -264,7 +204,7 @@ TEST_CASE_TEMPLATE_DEFINE("restarts keep the worst case per example: a success b
   // others fail, so both rules (a success wins; otherwise the larger loss)
   // decide some examples.
   struct {
-    mlp<B> net = make_mlp<B>(7);
+    mlp<B> net = make_mlp<B>(7, 12, 3);
     tensor_t x;
     label_tensor<B> y;
   } f;
@@ -577,7 +517,7 @@ TEST_CASE_TEMPLATE("the l2 random start is uniform in the ball", B, OPNORM_TEST_
 TEST_CASE_TEMPLATE_DEFINE("a zero gradient never produces NaN", C, zero_gradient) {
   using Norm = typename C::policy;
   using B = typename C::backend;
-  mlp<B> net = make_mlp<B>(3);
+  mlp<B> net = make_mlp<B>(3, 12, 3);
   for (auto& p : net.state().parameters) p.value->set_zero();  // constant logits: zero input gradient
   tensor<double, B> x({4, 12}, 0.5);
   label_tensor<B> y({4}, 1);

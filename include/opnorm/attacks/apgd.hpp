@@ -8,7 +8,9 @@
 //   apgd<Model, Norm, targeted_dlr>            APGD-T: targeted DLR towards each of the
 //                                              target_classes highest non-true classes at x
 //
-//   auto attack = make_apgd<linf, dlr>(model, {.eps = 0.1f});
+//   apgd_options<float> o;
+//   o.eps = 0.1f;
+//   auto attack = make_apgd<linf, dlr>(model, o);
 //   auto result = attack(x, labels);   // attack_result: adversarial, success, loss
 //
 // One run, per example, from x_0 = x + eps * (a random point of the ball
@@ -28,6 +30,9 @@
 // Success is misclassification by any iterate (APGD-T too: its targets only
 // steer the loss). Examples misclassified at x are not attacked, and each
 // restart and each target class runs only on the examples still robust.
+// Within a run, an example leaves the batch once an iterate misclassifies
+// it (apgd_options::drop_broken): its result is final from then on, so the
+// remaining iterations are spent on the examples still robust only.
 //
 // Why APGD is not the power_iteration kernel. PGA is that kernel because
 // each PGA iterate is a function of the previous one and of the direction
@@ -59,9 +64,12 @@
 //     is below about 1e-12 (saturated cross-entropy in float) and stalls
 //     the attack there;
 //   - a broken example returns the first iterate that misclassified it (the
-//     reference keeps the last), and a run stops at a checkpoint once every
-//     example in it is broken: the success flags are the same, and an
-//     example's result still does not depend on its batch;
+//     reference keeps the last) and leaves the run's batch (at the next
+//     checkpoint or multiple of 5 iterations), so the run costs forward and
+//     backward passes only for the examples still robust and ends once none
+//     is left: the success flags are the same, and since an example's steps
+//     and checkpoints depend on its own row only, its result does not depend
+//     on when the others leave;
 //   - an example the attack does not break returns its best point x_max
 //     and its loss, not x: attack_result is the worst case found.
 // As in the reference, condition 1 halves when increases <= rho * interval.
@@ -96,6 +104,12 @@ struct apgd_options {
   bool clip_to_box = true;
   T box_min = T(0), box_max = T(1);
   std::uint64_t seed = 0;
+  // Drop an example from its run once an iterate misclassifies it (its
+  // result is final then), so later iterations evaluate the model only on
+  // the examples still robust: several times cheaper where most examples
+  // break early. Results are the same either way (up to the rounding of a
+  // GEMM over a smaller batch); off exists so tests can compare the two.
+  bool drop_broken = true;
 };
 
 /// The checkpoints of an APGD run of N iterations: the iteration counts
@@ -152,13 +166,17 @@ void nth_other_class(const tensor<T, B>& logits, const label_tensor<B>& labels, 
 }
 
 /// What an observer sees after each iteration of each run: host copies, made
-/// only when an observer is set (tests, progress logs).
+/// only when an observer is set (tests, progress logs). With drop_broken the
+/// rows shrink during a run: an example misclassified by an iterate is listed
+/// up to the iteration at which it is dropped (the next checkpoint or
+/// multiple of 5), then no more. The sum of examples.size() over a run's
+/// records is the number of forward+VJP row evaluations the run made.
 template <class T>
 struct apgd_iteration {
   int run = 0;        // (target class, restart) runs, counted from 0 in the order they run
   int iteration = 0;  // 0: the random start x_0; then 1 .. iterations
-  std::vector<index_t> examples;  // the examples of this run: indices into the attacked batch
-  std::vector<T> loss;       // per example of the run: the loss at the iterate evaluated now
+  std::vector<index_t> examples;  // the examples evaluated at this iteration: indices into the attacked batch
+  std::vector<T> loss;       // per entry of examples: the loss at the iterate evaluated now
   std::vector<T> best_loss;  // the largest loss so far in this run
   std::vector<T> step_size;  // eta, after this iteration's checkpoint
   std::vector<T> point;      // the iterate the next step starts from (x_max where eta was just halved), row-major
@@ -275,13 +293,26 @@ class apgd {
     }
   }
 
-  /// One APGD run on every row of x; leaves per example fooled_, adv_ (the
+  /// One APGD run on every row of x; leaves per row of x fooled_, adv_ (the
   /// first misclassifying iterate) with adv_loss_, and best_ (x_max) with
-  /// best_loss_.
+  /// best_loss_. During the run the per-example state holds only the live
+  /// rows (live_: their rows in x), the others' results wait in done_*.
   void single_run(const tensor_type& x, const label_tensor<B>& y, const label_tensor<B>& target, std::uint64_t seed,
                   int run, const std::vector<index_t>& examples) {
     const index_t m = x.dim(0), d = x.example_size();
     const T eps = options_.eps;
+    assign(x, live_x_);
+    assign(y, live_y_);
+    assign(target, live_target_);
+    live_.resize(static_cast<std::size_t>(m));
+    for (index_t j = 0; j < m; ++j) live_[static_cast<std::size_t>(j)] = j;
+    live_rows_ = row_list<B>(live_);
+    done_fooled_.resize({m});
+    done_bad_.resize({m});
+    done_adv_loss_.resize({m});
+    done_best_loss_.resize({m});
+    done_adv_.resize(x.shape());
+    done_best_.resize(x.shape());
 
     // x_0: a uniform point of the ball scaled out to its surface: for l2 a
     // Gaussian direction, for linf U(-1, 1)^d over its largest entry, both
@@ -298,20 +329,33 @@ class apgd {
       });
     }
     clip(cur_);
-    evaluate(cur_, y, target);
+    evaluate(cur_, live_y_, live_target_);
     start_state(m, eps);
     assign(cur_, best_);
     assign(grad_, grad_best_);
     assign(cur_, adv_);
     assign(cur_, prev_);
     notify(run, 0, examples);
+    // Broken rows are dropped after x_0, every 5th iteration and at the
+    // checkpoints. Each drop costs a count (a reduction and a wait for its
+    // result) and, when some broke, one gather per per-example tensor, all
+    // O(rows x d): little next to a forward and a VJP, but a wait stalls a
+    // device's queue, so not every iteration. Every 5 keeps a broken row's
+    // extra evaluations to at most 4, where on a standard model most rows
+    // break within the first few iterations; the checkpoints (22, 41, ...
+    // for N = 100) add a drop where the count was made anyway before, to end
+    // a run whose rows were all broken.
+    constexpr int drop_every = 5;
+    bool live = !options_.drop_broken || drop_broken_rows() > 0;
 
+    // Each example's schedule is the run's: the checkpoint iterations and
+    // their intervals depend on `it` alone, never on which rows are live.
     const std::vector<int> checkpoints = apgd_checkpoints(options_.iterations);
     std::size_t next = 0;
     int last = 0;
-    for (int it = 1; it <= options_.iterations; ++it) {
-      step(x, it == 1 ? T(1) : static_cast<T>(momentum));
-      evaluate(cur_, y, target);
+    for (int it = 1; live && it <= options_.iterations; ++it) {
+      step(live_x_, it == 1 ? T(1) : static_cast<T>(momentum));
+      evaluate(cur_, live_y_, live_target_);
       track();
       const bool at_checkpoint = next < checkpoints.size() && it == checkpoints[next];
       if (at_checkpoint) {
@@ -320,14 +364,21 @@ class apgd {
         ++next;
       }
       notify(run, it, examples);
-      // Every example broken: nothing left to change (their points are
-      // kept from the first success). Checked at the checkpoints only, so
-      // the count costs one reduction per checkpoint.
-      if (at_checkpoint && all_fooled(m)) break;
+      if (options_.drop_broken) {
+        if (at_checkpoint || it % drop_every == 0) live = drop_broken_rows() > 0;
+      } else if (at_checkpoint) {
+        // Every example broken: nothing left to change (their points are
+        // kept from the first success). Checked at the checkpoints only, so
+        // the count costs one reduction per checkpoint.
+        live = !all_fooled(fooled_.size());
+      }
     }
+    finish_run();
 
     // A NaN anywhere (input, weights, a gradient) would otherwise leave the
-    // attack quietly weaker: a NaN loss never becomes the best. Say so.
+    // attack quietly weaker: a NaN loss never becomes the best. Say so. (A
+    // dropped example is not evaluated after its first misclassification,
+    // and a NaN there could not weaken its result.)
     const std::int32_t* bad = bad_.data();
     const index_t count = backend_ops<B>::template sum<index_t>(m, [=] OPNORM_HD(index_t i) { return index_t(bad[i] != 0); });
     if (count > 0) {
@@ -335,6 +386,68 @@ class apgd {
       for (std::size_t j = 0; j < flags.size(); ++j)
         if (flags[j]) require_finite(std::numeric_limits<T>::quiet_NaN(), examples[j]);
     }
+  }
+
+  /// Moves the results of the live rows misclassified by now (fooled_, adv_,
+  /// adv_loss_, bad_, and best_ with best_loss_) to done_*, and shrinks every
+  /// per-example tensor of the run to the rows still robust. Returns how
+  /// many are left.
+  index_t drop_broken_rows() {
+    const index_t m = fooled_.size();
+    const std::int32_t* f = fooled_.data();
+    const index_t broken = backend_ops<B>::template sum<index_t>(m, [=] OPNORM_HD(index_t i) { return index_t(f[i] != 0); });
+    if (broken == 0) return m;
+    save_rows(&fooled_);
+    if (broken == m) {
+      live_.clear();
+      return 0;
+    }
+    const std::vector<std::int32_t> fooled = fooled_.to_vector();
+    std::vector<index_t> keep, live;
+    keep.reserve(static_cast<std::size_t>(m - broken));
+    live.reserve(static_cast<std::size_t>(m - broken));
+    for (std::size_t j = 0; j < fooled.size(); ++j)
+      if (!fooled[j]) {
+        keep.push_back(static_cast<index_t>(j));
+        live.push_back(live_[j]);
+      }
+    const tensor<index_t, B> rows = row_list<B>(keep);
+    // Every tensor that holds a row per live example and lives from one
+    // iteration to the next; the others (loss_, mis_, u_, z_, next_, dir_,
+    // take_*, halve_, norms_) are rewritten whole before they are read next.
+    keep_rows(rows, live_x_, cur_, prev_, best_, grad_best_, grad_, adv_, eta_, best_loss_, prev_loss_,
+              best_at_check_, adv_loss_);
+    keep_rows(rows, live_y_, live_target_, increases_, reduced_, fooled_, bad_);
+    live_ = std::move(live);
+    live_rows_ = row_list<B>(live_);
+    return m - broken;
+  }
+
+  /// done_* = the live rows' results where flags (every live row if null).
+  void save_rows(const flags_type* flags) {
+    const auto save = [&](const auto& values, auto& done) {
+      if (flags) scatter_rows_where(values, live_rows_, *flags, done);
+      else scatter_rows(values, live_rows_, done);
+    };
+    save(fooled_, done_fooled_);
+    save(bad_, done_bad_);
+    save(adv_, done_adv_);
+    save(adv_loss_, done_adv_loss_);
+    save(best_, done_best_);
+    save(best_loss_, done_best_loss_);
+  }
+
+  /// The end of a run: the live rows' results join the dropped ones', and
+  /// fooled_, adv_, adv_loss_, best_, best_loss_ and bad_ hold the results
+  /// of every row of the run, as operator() reads them.
+  void finish_run() {
+    if (!live_.empty()) save_rows(nullptr);
+    std::swap(fooled_, done_fooled_);
+    std::swap(bad_, done_bad_);
+    std::swap(adv_, done_adv_);
+    std::swap(adv_loss_, done_adv_loss_);
+    std::swap(best_, done_best_);
+    std::swap(best_loss_, done_best_loss_);
   }
 
   /// The logits, the per-example loss, its input gradient and the
@@ -422,6 +535,8 @@ class apgd {
 
   void track() {
     const index_t m = loss_.size();
+    take_best_.resize({m});
+    take_adv_.resize({m});
     const T* l = loss_.data();
     const std::int32_t* mis = mis_.data();
     T *best = best_loss_.data(), *prev = prev_loss_.data(), *adv = adv_loss_.data();
@@ -452,6 +567,7 @@ class apgd {
   /// previous one; a halving example restarts from x_max and its gradient.
   void checkpoint(int interval) {
     const index_t m = loss_.size();
+    halve_.resize({m});
     const double threshold = static_cast<double>(interval) * static_cast<double>(options_.rho);
     const T* best = best_loss_.data();
     T *eta = eta_.data(), *at_check = best_at_check_.data();
@@ -475,7 +591,8 @@ class apgd {
     apgd_iteration<T> record;
     record.run = run;
     record.iteration = iteration;
-    record.examples = examples;
+    record.examples.reserve(live_.size());
+    for (index_t j : live_) record.examples.push_back(examples[static_cast<std::size_t>(j)]);
     record.loss = loss_.to_vector();
     record.best_loss = best_loss_.to_vector();
     record.step_size = eta_.to_vector();
@@ -503,6 +620,14 @@ class apgd {
   label_tensor<B> ys_, targets_, all_targets_, target_class_;
   flags_type mis_, increases_, reduced_, fooled_, take_best_, take_adv_, halve_, bad_;
   tensor<index_t, B> rows_;
+  // A run's live rows (drop_broken): their x, labels and targets, their
+  // rows in the run's batch (host and backend), and the results of the rows
+  // already dropped, run-sized.
+  tensor_type live_x_, done_adv_, done_best_, done_adv_loss_, done_best_loss_;
+  label_tensor<B> live_y_, live_target_;
+  flags_type done_fooled_, done_bad_;
+  std::vector<index_t> live_;
+  tensor<index_t, B> live_rows_;
 };
 
 /// make_apgd<linf, dlr>(model, options): the attack with its types deduced.

@@ -8,11 +8,15 @@
 //
 //   row_list<B>(indices)                      the indices, on the backend
 //   gather_rows(x, rows, out)                 out_j = x_{rows[j]}
+//   scatter_rows(values, rows, x)             x_{rows[j]} = values_j
 //   scatter_rows_where(values, rows, flags, x)   x_{rows[j]} = values_j where flags[j]
 //   copy_rows_where(flags, from, to)          to_i = from_i where flags[i]
+//   keep_rows(rows, x, y, ...)                x = x_{rows}, y = y_{rows}, ... in place
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "../tensor.hpp"
@@ -69,6 +73,32 @@ void copy_rows_where(const tensor<std::int32_t, B>& flags, const tensor<T, B>& f
   backend_ops<B>::for_each_index(from.size(), [=] OPNORM_HD(index_t k) {
     if (f[k / d]) t[k] = s[k];
   });
+}
+
+/// x_{rows[j]} = values_j for every j.
+template <class T, class B>
+void scatter_rows(const tensor<T, B>& values, const tensor<index_t, B>& rows, tensor<T, B>& x) {
+  if (values.dim(0) != rows.size() || values.example_size() != x.example_size())
+    throw std::invalid_argument("opnorm::scatter_rows: " + shape_string(values.shape()) + " rows for " +
+                                std::to_string(rows.size()) + " indices into " + shape_string(x.shape()));
+  const index_t d = x.example_size();
+  const T* v = values.data();
+  const index_t* r = rows.data();
+  T* xs = x.data();
+  backend_ops<B>::for_each_index(values.size(), [=] OPNORM_HD(index_t k) { xs[r[k / d] * d + k % d] = v[k]; });
+}
+
+/// x = the rows of x listed in rows, for each x: shrinks several per-example
+/// tensors of one batch to the same selection of rows (APGD drops the
+/// examples it has broken this way). Each x gets new storage.
+template <class B, class... Tensors>
+void keep_rows(const tensor<index_t, B>& rows, Tensors&... xs) {
+  const auto keep = [&rows](auto& x) {
+    std::decay_t<decltype(x)> kept;
+    gather_rows(x, rows, kept);
+    x = std::move(kept);
+  };
+  (keep(xs), ...);
 }
 
 }  // namespace opnorm

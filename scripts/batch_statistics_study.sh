@@ -29,9 +29,7 @@ import json, sys
 r = json.load(open(sys.argv[1]))
 print(r['models']['data_dependent_snr']['hyper']['eps'], r['models']['data_dependent_snr']['hyper']['lambda'])" "$results")
 
-# The reproduction's build folder, compiled for this CPU (-march=native).
-build="${REPRODUCE_BUILD_DIR:-build-reproduce}"
-bash scripts/native_build.sh train attack >/dev/null
+cmake --build build --target train attack -j 2 >/dev/null
 out=out/batch-statistics
 mkdir -p "$out"
 summary="$out/summary.md"
@@ -50,15 +48,15 @@ for option in clean_batch independent_batches running; do
   dir="$out/$option"
   rm -rf "$dir"
   start=$(date +%s)
-  OMP_NUM_THREADS="$threads" "$build"/examples/train --method data_dependent_snr --init "$standard" --limit-train 8000 \
+  OMP_NUM_THREADS="$threads" build/examples/train --method data_dependent_snr --init "$standard" --limit-train 8000 \
     --epochs 1 --lr 0.02 --schedule cosine --momentum 0.9 --weight-decay 5e-4 --batch-size 128 \
     --eps "$eps" --lambda "$lambda" --iterations 10 --batch-statistics "$option" --progress-every 20 \
     --out "$dir" >"$out/$option.train.log" 2>&1
   seconds=$(( $(date +%s) - start ))
   clean=$(grep -o 'test accuracy: [0-9.]*%' "$out/$option.train.log" | tail -1 | grep -o '[0-9.]*%')
-  OMP_NUM_THREADS="$threads" "$build"/examples/attack --checkpoint "$dir/final.safetensors" --eps "$eps" --examples 1000 \
+  OMP_NUM_THREADS="$threads" build/examples/attack --checkpoint "$dir/final.safetensors" --eps "$eps" --examples 1000 \
     --attack pga >"$out/$option.pga.txt"
-  OMP_NUM_THREADS="$threads" "$build"/examples/attack --checkpoint "$dir/final.safetensors" --eps "$eps" --examples 300 \
+  OMP_NUM_THREADS="$threads" build/examples/attack --checkpoint "$dir/final.safetensors" --eps "$eps" --examples 300 \
     --attack ensemble --target-classes 3 >"$out/$option.ensemble.txt"
   pga=$(grep -o 'robust accuracy [0-9.]*%' "$out/$option.pga.txt" | head -1 | grep -o '[0-9.]*%')
   ensemble=$(grep -o 'robust accuracy [0-9.]*%' "$out/$option.ensemble.txt" | head -1 | grep -o '[0-9.]*%')

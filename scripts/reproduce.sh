@@ -4,7 +4,7 @@
 #   bash scripts/reproduce.sh [quick|default|full] [extra reproduce options]
 #
 # installs what is missing, builds the `reproduce` program (Release, in
-# build-reproduce/, for this CPU), runs it with one OpenMP thread per core, and turns its
+# build/), runs it with one OpenMP thread per core, and turns its
 # results.json into figures and a report:
 #
 #   out/reproduction/<preset>/results.json   every number
@@ -30,9 +30,15 @@ start=$(date +%s)
 
 bash scripts/install_dependencies.sh reproduce
 
-# The reproduction's own build folder, compiled for this CPU (-march=native).
-build="${REPRODUCE_BUILD_DIR:-build-reproduce}"
-bash scripts/native_build.sh reproduce
+# Configure once; a build folder configured as Debug would make the run
+# many times slower, so insist on Release there.
+if [ ! -f build/CMakeCache.txt ]; then
+  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+elif ! grep -q '^CMAKE_BUILD_TYPE:STRING=Release$' build/CMakeCache.txt; then
+  echo "reproduce.sh: build/ is not a Release build; reconfiguring it as Release" >&2
+  cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+fi
+cmake --build build --target reproduce -j 2
 
 # One OpenMP thread per core. On a machine shared with other jobs, fewer
 # threads can be much faster (threads spin at barriers while a core is
@@ -42,7 +48,7 @@ mkdir -p "$out"
 command="bash scripts/reproduce.sh $preset${*:+ $*}"
 echo "reproduce.sh: preset $preset, $threads threads, output in $out" >&2
 # Passive waiting keeps idle OpenMP threads from spinning on a shared machine.
-OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}" OMP_NUM_THREADS="$threads" "$build/examples/reproduce" --preset "$preset" --out "$out" --threads "$threads" "$@" \
+OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-passive}" OMP_NUM_THREADS="$threads" build/examples/reproduce --preset "$preset" --out "$out" --threads "$threads" "$@" \
   2>&1 | tee "$out/log.txt"
 status=${PIPESTATUS[0]}
 wall=$(( $(date +%s) - start ))

@@ -567,8 +567,8 @@ def main():
     missing = [n for n in range(1, 9) if n not in figures]
     if missing:
         lines.append("Not produced in this run: " + ", ".join(f"Figure {n}" for n in missing) +
-                     " (Figures 4-5 need linf points, i.e. the default or full preset; Figures 6-8 need the "
-                     "appendix models, i.e. the full preset or --appendix true).")
+                     " (the appendix figures: Figures 4-5 need linf points and Figures 6-8 the appendix models, "
+                     "i.e. --appendix true or the full preset).")
         lines.append("")
 
     report = os.path.join(args.out, "report.md")

@@ -11,7 +11,7 @@
 #   out/reproduction/<preset>/figure*.png    the paper's figures, with standard-error bands
 #   out/reproduction/<preset>/report.md      each figure beside the paper's claim
 #
-# Presets (2-core CPU, otherwise idle): quick ~3 min, default ~20 min,
+# Presets (2-core CPU, otherwise idle): quick ~3 min, default ~16 min,
 # full several hours. See docs/reproduction.md.
 set -euo pipefail
 

@@ -8,7 +8,8 @@ opnorm pga10, ...), so a change in machine load during the run hits both
 sides of a row alike. --rounds N repeats the whole alternation N times and
 reports the median over rounds.
 
-  /usr/bin/python3 bench/compare.py                      # all steps, 2 threads
+  bash bench/setup_peer.sh                               # once: the peer, torch from PyPI
+  python3 bench/compare.py                               # all steps, 2 threads
   /usr/bin/python3 bench/compare.py --steps standard pga10 --json out.json
   /usr/bin/python3 bench/compare.py --torch-library-path DIR   # e.g. an OpenBLAS libblas.so.3
   /usr/bin/python3 bench/compare.py --threads 1 --clock cpu    # on a busy machine
@@ -18,6 +19,15 @@ compares the CPU time of the whole process instead; with --threads 1 that is
 the measure other processes disturb least, because time slices lost to them
 do not count (with more threads it also counts OpenMP threads spinning while
 they wait, on both sides).
+
+The peer is current PyTorch from PyPI (MKL, oneDNN) in the virtual
+environment bench/setup_peer.sh makes ($OPNORM_PEER_VENV, default
+~/.cache/opnorm/torch-peer); --python picks another interpreter. The report
+names torch's version, its BLAS and the instruction set oneDNN's JIT chose.
+
+Peak RSS: in the first round each side of each step runs under
+`/usr/bin/time -f %M`, and the table gives the whole process's peak resident
+set in MB beside the times (the timing loop included, on both sides alike).
 
 --torch-library-path puts DIR first on PyTorch's LD_LIBRARY_PATH, which swaps
 the BLAS/LAPACK that torch loads (libblas.so.3, liblapack.so.3) without
@@ -39,6 +49,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -61,12 +72,22 @@ TORCH_STEPS = {name: (name, 128) for name in CPU_STEPS}
 TORCH_STEPS.update({"pga10_b1024": ("pga10", 1024), "ddsnr10_b1024": ("ddsnr10", 1024)})
 BATCH = {"standard": 128, "pga10": 128, "ddsnr10": 128, "gsnr1": 128, "infer1000": 1000, "jac_svd": 1,
          "pga10_b1024": 1024, "ddsnr10_b1024": 1024}
+PEER_VENV = os.environ.get("OPNORM_PEER_VENV") or os.path.join(
+    os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache"), "opnorm", "torch-peer")
+PEER_PYTHON = os.path.join(PEER_VENV, "bin", "python")
+TIME = "/usr/bin/time"
 DEFAULT_BINARY = {"cpu": os.path.join(REPO, "build", "bench", "bench_steps"),
                   "cuda": os.path.join(REPO, "build-gpu", "bench", "cuda_bench_steps")}
 
 
-def run_checked(command, env, timeout):
-    """stdout of command; on failure or timeout, says what failed and exits."""
+def run_checked(command, env, timeout, rss=None):
+    """stdout of command; on failure or timeout, says what failed and exits.
+    With rss a list, runs it under /usr/bin/time and appends its peak RSS in MB."""
+    rss_file = None
+    if rss is not None and os.access(TIME, os.X_OK):
+        rss_file = tempfile.NamedTemporaryFile(prefix="compare-rss-", suffix=".txt", delete=False)
+        rss_file.close()
+        command = [TIME, "-f", "%M", "-o", rss_file.name] + command
     try:
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -74,15 +95,19 @@ def run_checked(command, env, timeout):
     if done.returncode != 0:
         sys.stderr.write(done.stderr[-4000:])
         sys.exit(f"compare.py: exit status {done.returncode}: {' '.join(command)}")
+    if rss_file is not None:
+        with open(rss_file.name) as f:
+            rss.append(int(f.read().split()[-1]) / 1024.0)  # KB -> MB
+        os.unlink(rss_file.name)
     return done.stdout
 
 
-def run_opnorm(binary, step, env, args):
+def run_opnorm(binary, step, env, args, rss=None):
     """Median ms per step from bench_steps (the clock chosen by --clock)."""
     command = [binary, f"--benchmark_filter=^{step}/", f"--benchmark_repetitions={args.repetitions}",
                f"--benchmark_min_time={args.min_time}", f"--benchmark_min_warmup_time={args.warmup_time}",
                "--benchmark_report_aggregates_only=true", "--benchmark_format=json"]
-    report = json.loads(run_checked(command, env, args.timeout))
+    report = json.loads(run_checked(command, env, args.timeout, rss))
     for b in report["benchmarks"]:
         if b.get("aggregate_name") == "median":
             scale = {"ns": 1e-6, "us": 1e-3, "ms": 1.0, "s": 1e3}[b["time_unit"]]
@@ -90,15 +115,19 @@ def run_opnorm(binary, step, env, args):
     raise RuntimeError(f"bench_steps reported no median for {step}")
 
 
-def run_torch(python, step, env, args):
+def run_torch(python, step, env, args, rss=None):
     torch_step, batch = TORCH_STEPS[step]
     command = [python, os.path.join(HERE, "torch_steps.py"), "--steps", torch_step, "--threads", str(args.threads),
                "--repetitions", str(args.repetitions), "--min-time", str(args.min_time),
                "--warmup-time", str(args.warmup_time), "--device", args.device, "--batch", str(batch), "--json"]
     if args.torch_strict_fp32:
         command.append("--strict-fp32")
-    report = json.loads(run_checked(command, env, args.timeout))
+    report = json.loads(run_checked(command, env, args.timeout, rss))
     return report["results"][torch_step]["median_ms" if args.clock == "wall" else "median_cpu_ms"], report["info"]
+
+
+def megabytes(value):
+    return "-" if value is None else f"{value:.0f}"
 
 
 def cpu_model():
@@ -161,7 +190,8 @@ def markdown_report(args, rows, context, torch_info, load, seconds, command_line
                        f"convolutions: {torch_info.get('cudnn_allow_tf32')}, for matmuls: "
                        f"{torch_info.get('matmul_allow_tf32')}")
     else:
-        torch_line += f", BLAS {torch_info.get('blas')}"
+        torch_line += (f", BLAS {torch_info.get('blas')}, oneDNN ISA {torch_info.get('onednn_isa')} "
+                       f"(`{args.python}`)")
     lines += [torch_line, ""]
     lines += ["## Method", ""]
     lines.append("The steps of docs/performance.md on `fmnist_cnn` (float), with the same timing scheme on both "
@@ -181,11 +211,12 @@ def markdown_report(args, rows, context, torch_info, load, seconds, command_line
                  f"Command: `{command_line}`")
     lines += ["", "## Results", "",
               "Time per step in ms; the ratio is opnorm / PyTorch (below 1: opnorm is faster).", "",
-              "| step | what | batch | opnorm ms | PyTorch ms | opnorm/PyTorch |",
-              "|---|---|---:|---:|---:|---:|"]
+              "| step | what | batch | opnorm ms | PyTorch ms | opnorm/PyTorch | opnorm peak RSS MB | PyTorch peak RSS MB |",
+              "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| `{r['step']}` | {DESCRIPTIONS[r['step']]} | {BATCH[r['step']]} | {r['opnorm_ms']:.3f} "
-                     f"| {r['torch_ms']:.3f} | {r['ratio']:.2f} |")
+                     f"| {r['torch_ms']:.3f} | {r['ratio']:.2f} | {megabytes(r['opnorm_rss_mb'])} "
+                     f"| {megabytes(r['torch_rss_mb'])} |")
     if args.rounds > 1:
         lines += ["", "Per round (ms), opnorm / PyTorch:", ""]
         for r in rows:
@@ -210,7 +241,8 @@ def main():
                         help="wall-clock time, or CPU time of the whole process (see above)")
     parser.add_argument("--bench-binary", help="default: build/bench/bench_steps on cpu, "
                         "build-gpu/bench/cuda_bench_steps on cuda")
-    parser.add_argument("--python", default="/usr/bin/python3", help="interpreter that has torch")
+    parser.add_argument("--python", help="interpreter that has torch (default: the peer venv of "
+                        "bench/setup_peer.sh, " + PEER_VENV + ")")
     parser.add_argument("--torch-strict-fp32", action="store_true",
                         help="PyTorch on the GPU without TF32 (torch_steps.py --strict-fp32)")
     parser.add_argument("--timeout", type=float, help="seconds each side of each step may take, at most")
@@ -219,6 +251,11 @@ def main():
     parser.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     args = parser.parse_args()
     args.steps = args.steps or DEFAULT_STEPS[args.device]
+    if not args.python:
+        if not os.access(PEER_PYTHON, os.X_OK):
+            sys.exit(f"compare.py: no peer at {PEER_VENV}; run `bash bench/setup_peer.sh` (torch from PyPI) "
+                     "or pass --python")
+        args.python = PEER_PYTHON
 
     binary = os.path.abspath(args.bench_binary or DEFAULT_BINARY[args.device])
     if not os.access(binary, os.X_OK):
@@ -234,6 +271,7 @@ def main():
     load_before = os.getloadavg()
     started = time.time()
     samples = {step: {"opnorm": [], "torch": []} for step in args.steps}
+    rss = {step: {"opnorm": [], "torch": []} for step in args.steps}
     context, torch_info = {}, {}
 
     def summarize():
@@ -245,6 +283,8 @@ def main():
             o = statistics.median(samples[step]["opnorm"])
             t = statistics.median(samples[step]["torch"])
             rows.append({"step": step, "opnorm_ms": o, "torch_ms": t, "ratio": o / t,
+                         "opnorm_rss_mb": max(rss[step]["opnorm"], default=None),
+                         "torch_rss_mb": max(rss[step]["torch"], default=None),
                          "opnorm_rounds_ms": samples[step]["opnorm"], "torch_rounds_ms": samples[step]["torch"]})
         return rows
 
@@ -260,10 +300,11 @@ def main():
 
     for round_index in range(args.rounds):
         for step in args.steps:
-            ms, context = run_opnorm(binary, step, env, args)
+            first = round_index == 0
+            ms, context = run_opnorm(binary, step, env, args, rss[step]["opnorm"] if first else None)
             samples[step]["opnorm"].append(ms)
             opnorm_ms = ms
-            ms, torch_info = run_torch(args.python, step, torch_env, args)
+            ms, torch_info = run_torch(args.python, step, torch_env, args, rss[step]["torch"] if first else None)
             samples[step]["torch"].append(ms)
             # Progress, and a report that survives the run being cut short
             # (scripts/gpu_check.sh runs this under a time limit).
@@ -276,19 +317,22 @@ def main():
     if args.device == "cuda":
         print(f"GPU: {gpu_description() or torch_info.get('device_name')}; opnorm sees {context.get('device')}")
     print(f"CPU: {cpu_model()}, {os.cpu_count()} logical CPUs; threads: {args.threads} (both sides)")
-    print(f"PyTorch {torch_info.get('torch')}, BLAS: {torch_info.get('blas')}"
+    print(f"PyTorch {torch_info.get('torch')} ({args.python}), BLAS: {torch_info.get('blas')}"
+          + (f", oneDNN ISA: {torch_info.get('onednn_isa')}" if args.device == "cpu" else "")
           + (f", CUDA {torch_info.get('cuda')}, cuDNN TF32 {torch_info.get('cudnn_allow_tf32')}"
              if args.device == "cuda" else ""))
     print(f"{args.clock} time; median of {args.repetitions} blocks of >= {args.min_time} s, {args.rounds} round(s); "
           f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; {time.time() - started:.0f} s")
     print()
     width = max(9, *(len(step) for step in args.steps))
-    print(f"| {'step':{width}s} | {'what':42s} | {'opnorm ms':>10s} | {'PyTorch ms':>10s} | {'opnorm/PyTorch':>14s} |")
-    print(f"|{'-' * (width + 2)}|{'-' * 44}|{'-' * 11}:|{'-' * 11}:|{'-' * 15}:|")
+    print(f"| {'step':{width}s} | {'what':42s} | {'opnorm ms':>10s} | {'PyTorch ms':>10s} | {'opnorm/PyTorch':>14s} "
+          f"| {'opnorm MB':>9s} | {'PyTorch MB':>10s} |")
+    print(f"|{'-' * (width + 2)}|{'-' * 44}|{'-' * 11}:|{'-' * 11}:|{'-' * 15}:|{'-' * 10}:|{'-' * 11}:|")
     digits = 3 if args.device == "cuda" else 2  # GPU steps take fractions of a millisecond
     for r in rows:
         print(f"| {r['step']:{width}s} | {DESCRIPTIONS[r['step']]:42s} | {r['opnorm_ms']:10.{digits}f} "
-              f"| {r['torch_ms']:10.{digits}f} | {r['ratio']:14.2f} |")
+              f"| {r['torch_ms']:10.{digits}f} | {r['ratio']:14.2f} | {megabytes(r['opnorm_rss_mb']):>9s} "
+              f"| {megabytes(r['torch_rss_mb']):>10s} |")
 
     if args.markdown:
         write_markdown(rows, partial=False)

@@ -42,6 +42,7 @@ bench/compare.py; alone:
 import argparse
 import json
 import os
+import subprocess
 import statistics
 import sys
 import time
@@ -277,6 +278,37 @@ def loaded_library(fragment):
     return None
 
 
+def blas_name():
+    """The BLAS torch calls: a shared libblas where it links one (Debian's
+    torch), else what its build configuration names (PyPI's links MKL
+    statically)."""
+    library = loaded_library("libblas")
+    if library:
+        return library
+    for line in torch.__config__.show().splitlines():
+        if "BLAS_INFO=" in line:
+            return line.split("BLAS_INFO=", 1)[1].split(",")[0].strip()
+    return "unknown"
+
+
+def onednn_isa():
+    """The instruction set oneDNN's JIT picks on this CPU, from its verbose
+    line on one small convolution run in a child process (so this process's
+    output stays clean)."""
+    # fmnist_cnn's second convolution: PyTorch hands tiny ones to other kernels.
+    code = ("import torch; torch.nn.functional.conv2d(torch.zeros(16, 32, 28, 28), torch.zeros(32, 32, 3, 3), "
+            "padding=1)")
+    env = dict(os.environ, ONEDNN_VERBOSE="1", DNNL_VERBOSE="1")
+    try:
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    for line in out.splitlines():
+        if ",isa:" in line:  # onednn_verbose,v1,info,cpu,isa:Intel AVX2
+            return line.split(",isa:", 1)[1].strip()
+    return "not used for this convolution"
+
+
 def main():
     global BATCH, DEVICE
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -309,8 +341,8 @@ def main():
         results[name] = measure(synchronized(MAKERS[name]()), args.repetitions, args.min_time, args.warmup_time)
         results[name]["batch"] = BATCH if name in TRAINING_STEPS else None
     info = {"torch": torch.__version__, "threads": torch.get_num_threads(),
-            "blas": loaded_library("libblas") or loaded_library("openblas") or "unknown",
-            "mkldnn": torch.backends.mkldnn.is_available(), "device": args.device}
+            "blas": blas_name(), "mkldnn": torch.backends.mkldnn.is_available(),
+            "onednn_isa": onednn_isa() if args.device == "cpu" else None, "device": args.device}
     if DEVICE.type == "cuda":
         info.update({"device_name": torch.cuda.get_device_name(DEVICE), "cuda": torch.version.cuda,
                      "cudnn": torch.backends.cudnn.version(),

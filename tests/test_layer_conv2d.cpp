@@ -2,6 +2,8 @@
 
 #include <opnorm/layers/conv2d.hpp>
 
+#include <limits>
+
 using namespace opnorm;
 using namespace opnorm::testing;
 
@@ -68,9 +70,10 @@ TEST_CASE_TEMPLATE("conv2d: forward matches the direct definition", B, OPNORM_TE
 // check_layer opens doctest subcases, which must not run inside a loop: one
 // test case per configuration.
 template <class B>
-void check_conv(const conv_case& cc, std::uint64_t seed) {
+void check_conv(const conv_case& cc, std::uint64_t seed, conv_algorithm algorithm = conv_algorithm::automatic) {
   std::mt19937_64 rng(seed);
   conv2d<double, B> layer(cc.in, cc.out, cc.kernel, cc.stride, cc.padding, cc.bias);
+  layer.set_algorithm(algorithm);
   layer.initialize(rng);
   check_layer(layer, random_tensor<B>(cc.input, rng), mode::train);
 }
@@ -95,16 +98,19 @@ TEST_CASE_TEMPLATE("conv2d derivatives: 1x1 kernel", B, OPNORM_TEST_BACKENDS) {
   check_conv<B>({4, 3, 1, 1, 0, true, {2, 4, 3, 4}}, 26);
 }
 
-TEST_CASE_TEMPLATE("conv2d: a batch split into several scratch chunks equals examples run alone", B,
-                   OPNORM_TEST_BACKENDS) {
+// The batch is cut into chunks of examples_per_chunk examples (im2col
+// columns or Winograd tiles within a fixed budget); results must not depend
+// on where the cuts fall.
+template <class B>
+void check_chunks_equal_examples_alone(conv_algorithm algorithm) {
   using tensor_t = tensor<double, B>;
   using layer_t = conv2d<double, B>;
   std::mt19937_64 rng(13);
   layer_t layer(16, 3, 3, 1, 1);
+  layer.set_algorithm(algorithm);
   layer.initialize(rng);
-  const index_t per_example = 16 * 3 * 3 * 32 * 32;  // im2col elements of one example
-  const index_t batch = layer_t::column_budget / per_example + 2;
-  REQUIRE(layer_t::column_budget / per_example < batch - 1);  // at least two chunks
+  const index_t batch = layer.examples_per_chunk({1000, 16, 32, 32}) + 2;
+  REQUIRE(layer.examples_per_chunk({batch, 16, 32, 32}) < batch - 1);  // at least two chunks
   const tensor_t x = random_tensor<B>({batch, 16, 32, 32}, rng);
 
   typename layer_t::cache c;
@@ -130,10 +136,178 @@ TEST_CASE_TEMPLATE("conv2d: a batch split into several scratch chunks equals exa
     double y_err = 0, gx_err = 0;
     for (index_t i = 0; i < out_size; ++i) y_err = std::max(y_err, std::abs(yn[i] - y[n * out_size + i]));
     for (index_t i = 0; i < in_size; ++i) gx_err = std::max(gx_err, std::abs(gxn[i] - gx[n * in_size + i]));
-    CHECK(y_err == 0.0);   // the same GEMM on the same columns
-    CHECK(gx_err == 0.0);  // col2im does not mix examples
+    // The same GEMM kernel on the same columns (or tiles), and neither
+    // col2im nor the inverse tile transform mixes examples.
+    CHECK(y_err == 0.0);
+    CHECK(gx_err == 0.0);
   }
   CHECK(relative_error(weight_grad, summed_grad) < 1e-13);
+}
+
+TEST_CASE_TEMPLATE("conv2d: a batch split into several scratch chunks equals examples run alone (im2col)", B,
+                   OPNORM_TEST_BACKENDS) {
+  check_chunks_equal_examples_alone<B>(conv_algorithm::im2col);
+}
+TEST_CASE_TEMPLATE("conv2d: a batch split into several scratch chunks equals examples run alone (winograd)", B,
+                   OPNORM_TEST_BACKENDS) {
+  check_chunks_equal_examples_alone<B>(conv_algorithm::winograd);
+}
+
+// ---- Winograd F(2x2, 3x3) ----
+
+TEST_CASE_TEMPLATE("conv2d winograd: forward matches the direct definition", B, OPNORM_TEST_BACKENDS) {
+  using tensor_t = tensor<double, B>;
+  // Even and odd output sizes (a partial last tile), padding 0, 1 and 2,
+  // with and without bias, down to a single output pixel.
+  const conv_case cases[] = {
+      {3, 4, 3, 1, 1, true, {2, 3, 6, 6}},  {3, 4, 3, 1, 1, true, {2, 3, 5, 7}},
+      {2, 5, 3, 1, 0, false, {3, 2, 7, 6}}, {4, 2, 3, 1, 2, true, {1, 4, 4, 5}},
+      {1, 3, 3, 1, 0, true, {2, 1, 3, 3}},  {9, 7, 3, 1, 1, true, {2, 9, 9, 8}},
+      // More than one block of 32 tiles per tile row (layers/winograd.hpp).
+      {2, 3, 3, 1, 1, true, {2, 2, 5, 70}}, {2, 3, 3, 1, 0, false, {1, 2, 4, 131}},
+  };
+  std::mt19937_64 rng(31);
+  for (const auto& cc : cases) {
+    CAPTURE(shape_string(cc.input));
+    CAPTURE(cc.padding);
+    conv2d<double, B> layer(cc.in, cc.out, 3, 1, cc.padding, cc.bias);
+    layer.set_algorithm(conv_algorithm::winograd);
+    REQUIRE(layer.uses_winograd());
+    layer.initialize(rng);
+    const tensor_t x = random_tensor<B>(cc.input, rng);
+    tensor_t y;
+    typename conv2d<double, B>::cache c;
+    layer.forward(x, y, c, mode::eval);
+    const tensor_t expected = direct_convolution(layer, x);
+    REQUIRE(y.shape() == expected.shape());
+    CHECK(relative_error(y, expected) < 1e-14);
+  }
+}
+
+TEST_CASE_TEMPLATE("conv2d winograd derivatives: padding 1, odd output width", B, OPNORM_TEST_BACKENDS) {
+  check_conv<B>({3, 4, 3, 1, 1, true, {2, 3, 5, 7}}, 41, conv_algorithm::winograd);
+}
+TEST_CASE_TEMPLATE("conv2d winograd derivatives: no padding, no bias", B, OPNORM_TEST_BACKENDS) {
+  check_conv<B>({2, 3, 3, 1, 0, false, {2, 2, 6, 7}}, 42, conv_algorithm::winograd);
+}
+TEST_CASE_TEMPLATE("conv2d winograd derivatives: padding 2, tiles mostly padding", B, OPNORM_TEST_BACKENDS) {
+  check_conv<B>({2, 2, 3, 1, 2, true, {1, 2, 3, 4}}, 43, conv_algorithm::winograd);
+}
+
+template <class B>
+void check_winograd_against_im2col(conv2d<double, B>& layer, const shape_t& shape, std::mt19937_64& rng) {
+  using tensor_t = tensor<double, B>;
+  using layer_t = conv2d<double, B>;
+  const tensor_t x = random_tensor<B>(shape, rng), dx = random_tensor<B>(x.shape(), rng);
+  const shape_t out_shape = layer.output_shape(x.shape());
+  const tensor_t gy = random_tensor<B>(out_shape, rng), g = random_tensor<B>(out_shape, rng);
+
+  struct passes {
+    tensor_t y, jv, gx, weight_grad, bias_grad, parameter_term;
+  };
+  auto run = [&](conv_algorithm a) {
+    layer.set_algorithm(a);
+    passes p;
+    typename layer_t::cache c;
+    layer.forward(x, p.y, c, mode::train);
+    layer.jvp(x, p.y, c, dx, p.jv);
+    layer.weight_grad().set_zero();
+    layer.bias_grad().set_zero();
+    layer.vjp(x, p.y, c, gy, &p.gx, true);
+    p.weight_grad = layer.weight_grad();
+    p.bias_grad = layer.bias_grad();
+    layer.weight_grad().set_zero();
+    layer.jvp_parameter_vjp(x, p.y, c, dx, g);
+    p.parameter_term = layer.weight_grad();
+    return p;
+  };
+  const passes wino = run(conv_algorithm::winograd), im2col = run(conv_algorithm::im2col);
+  CHECK(relative_error(wino.y, im2col.y) < 1e-14);
+  CHECK(relative_error(wino.jv, im2col.jv) < 1e-14);
+  CHECK(relative_error(wino.gx, im2col.gx) < 1e-14);
+  CHECK(relative_error(wino.weight_grad, im2col.weight_grad) < 1e-14);
+  CHECK(relative_error(wino.bias_grad, im2col.bias_grad) < 1e-14);
+  CHECK(relative_error(wino.parameter_term, im2col.parameter_term) < 1e-14);
+  // Adjointness of the Winograd passes on one pair (dx, gy).
+  const double forward_side = dot(wino.jv, gy), adjoint_side = dot(dx, wino.gx);
+  CHECK(std::abs(forward_side - adjoint_side) <= 1e-13 * std::max(std::abs(forward_side), 1.0));
+}
+
+// Every pass of the Winograd lowering against the im2col lowering of the
+// same layer, in double: forward, JVP, input and parameter gradients of the
+// VJP, and jvp_parameter_vjp (data-dependent SNR's Eq. 8 term). And the
+// Winograd JVP and VJP are adjoint: <J dx, g> = <dx, J^T g>.
+TEST_CASE_TEMPLATE("conv2d winograd: every pass agrees with im2col, and the JVP and VJP are adjoint", B,
+                   OPNORM_TEST_BACKENDS) {
+  using layer_t = conv2d<double, B>;
+  std::mt19937_64 rng(44);
+  layer_t layer(10, 6, 3, 1, 1);
+  layer.initialize(rng);
+  // Odd height; and a width of 35 tiles, two blocks of tiles per tile row.
+  for (const shape_t& shape : {shape_t{3, 10, 9, 8}, shape_t{2, 10, 5, 69}}) {
+    CAPTURE(shape_string(shape));
+    check_winograd_against_im2col(layer, shape, rng);
+  }
+}
+
+// In float the transforms' +-1/2 coefficients and reordered sums cost some
+// rounding; both lowerings must stay within float's reach of the exact
+// (double) result, scaled by the size of the terms summed.
+TEST_CASE("conv2d winograd: float results stay within float rounding of the exact convolution") {
+  std::mt19937_64 rng(45);
+  conv2d<double> exact(32, 32, 3, 1, 1);
+  exact.initialize(rng);
+  const tensor_d x = random_tensor(shape_t{4, 32, 14, 14}, rng);
+  tensor_d y_exact;
+  conv2d<double>::cache ce;
+  exact.set_algorithm(conv_algorithm::im2col);
+  exact.forward(x, y_exact, ce, mode::eval);
+  // The scale of the terms: sum |w| |x| over each output's window.
+  conv2d<double> magnitude(32, 32, 3, 1, 1);
+  for (index_t i = 0; i < magnitude.weight().size(); ++i) magnitude.weight()[i] = std::abs(exact.weight()[i]);
+  for (index_t i = 0; i < magnitude.bias().size(); ++i) magnitude.bias()[i] = std::abs(exact.bias()[i]);
+  tensor_d abs_x = x, scale;
+  for (index_t i = 0; i < abs_x.size(); ++i) abs_x[i] = std::abs(abs_x[i]);
+  conv2d<double>::cache cm;
+  magnitude.forward(abs_x, scale, cm, mode::eval);
+
+  conv2d<float> layer(32, 32, 3, 1, 1);
+  for (index_t i = 0; i < layer.weight().size(); ++i) layer.weight()[i] = static_cast<float>(exact.weight()[i]);
+  for (index_t i = 0; i < layer.bias().size(); ++i) layer.bias()[i] = static_cast<float>(exact.bias()[i]);
+  tensor<float> xf(x.shape());
+  for (index_t i = 0; i < x.size(); ++i) xf[i] = static_cast<float>(x[i]);
+  for (const conv_algorithm a : {conv_algorithm::im2col, conv_algorithm::winograd}) {
+    CAPTURE(static_cast<int>(a));
+    conv2d<float> copy = layer;
+    copy.set_algorithm(a);
+    tensor<float> y;
+    conv2d<float>::cache c;
+    copy.forward(xf, y, c, mode::eval);
+    double worst = 0;  // error in units of float epsilon times the terms' size
+    for (index_t i = 0; i < y.size(); ++i)
+      worst = std::max(worst, std::abs(static_cast<double>(y[i]) - y_exact[i]) /
+                                  (scale[i] * std::numeric_limits<float>::epsilon()));
+    MESSAGE("worst error in eps x sum |w x|: " << worst);
+    // A sum of 288 products: the worst-case bound is about 288 eps, typical
+    // errors are an eps or two (measured: im2col 1.4, winograd 0.8).
+    CHECK(worst < 4.0);
+  }
+}
+
+TEST_CASE("conv2d: the winograd algorithm is refused where it does not apply, and automatic picks it where it pays") {
+  conv2d<double> strided(8, 4, 3, 2, 1), five(8, 4, 5, 1, 2), thin(1, 32, 3, 1, 1), wide(32, 32, 3, 1, 1);
+  CHECK_THROWS_WITH_AS(strided.set_algorithm(conv_algorithm::winograd),
+                       "opnorm::conv2d: the winograd algorithm needs a 3x3 kernel with stride 1, got 3x3 with stride 2",
+                       std::invalid_argument);
+  CHECK_THROWS_AS(five.set_algorithm(conv_algorithm::winograd), std::invalid_argument);
+  CHECK_FALSE(strided.uses_winograd());
+  CHECK_FALSE(five.uses_winograd());
+  CHECK_FALSE(thin.uses_winograd());  // one input channel: im2col
+  CHECK(wide.uses_winograd());
+  thin.set_algorithm(conv_algorithm::winograd);
+  CHECK(thin.uses_winograd());
+  wide.set_algorithm(conv_algorithm::im2col);
+  CHECK_FALSE(wide.uses_winograd());
 }
 
 TEST_CASE_TEMPLATE("conv2d: vjp with neither input nor parameter gradients leaves everything alone", B,

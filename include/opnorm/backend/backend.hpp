@@ -23,6 +23,15 @@
 //     ops::for_each_segment(n, size, f) f(i) for i in [0, n), each touching `size`
 //                                      elements (one example, channel or plane);
 //                                      the backend decides how to schedule it
+//   host-side tasks
+//     ops::task_workers()             how many tasks of for_each_task may run at once
+//     ops::for_each_task(n, f)         f(i, worker) for i in [0, n): coarse tasks (a chunk of
+//                                      a batch) that call the backend themselves; those calls
+//                                      then run on the task's thread alone. worker, in
+//                                      [0, min(task_workers(), n)), names the scratch a task
+//                                      may use: no two running tasks share one. Backends
+//                                      whose work is queued on a device run the tasks in
+//                                      order, as worker 0.
 //   reductions to one host scalar
 //     ops::sum<R>(n, f)                sum of f(i) over [0, n) as R (double, index_t)
 //   dense linear algebra, row-major
@@ -82,6 +91,16 @@ struct has_elementwise<B, std::void_t<decltype(backend_ops<B>::for_each_index(in
                                       decltype(backend_ops<B>::for_each_segment(index_t{}, index_t{}, probe_kernel{}))>>
     : std::true_type {};
 
+struct probe_task {
+  void operator()(index_t, int) const {}
+};
+template <class B, class = void>
+struct has_tasks : std::false_type {};
+template <class B>
+struct has_tasks<B, std::enable_if_t<std::is_same_v<decltype(backend_ops<B>::task_workers()), int> &&
+                                     std::is_void_v<decltype(backend_ops<B>::for_each_task(index_t{}, probe_task{}))>>>
+    : std::true_type {};
+
 template <class B, class = void>
 struct has_reduction : std::false_type {};
 template <class B>
@@ -128,7 +147,7 @@ struct is_backend
     : std::bool_constant<detail::has_ops<B>::value && detail::has_storage<B>::value &&
                          detail::has_host_flag<B>::value && detail::has_elementwise<B>::value &&
                          detail::has_reduction<B>::value && detail::has_copies<B>::value &&
-                         detail::has_gemm<B>::value> {};
+                         detail::has_gemm<B>::value && detail::has_tasks<B>::value> {};
 
 /// Instantiated by tensor<T, B>: names the first missing piece of a would-be
 /// backend in a sentence, instead of an error deep inside a layer.
@@ -148,6 +167,8 @@ struct check_backend {
                 "a backend must provide copy, fill, copy_to_host and copy_from_host");
   static_assert(!detail::has_ops<B>::value || detail::has_gemm<B>::value,
                 "a backend must provide gemm, gemm_batched and gemm_batched_sum (row-major)");
+  static_assert(!detail::has_ops<B>::value || detail::has_tasks<B>::value,
+                "a backend must provide task_workers() and for_each_task(n, f) with f(i, worker)");
   static constexpr bool value = true;
 };
 

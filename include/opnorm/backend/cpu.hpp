@@ -69,7 +69,7 @@ struct backend_ops<backend::cpu> : backend::eigen::host_memory_ops</*threaded=*/
   static void fill(T* x, index_t n, T value) {
     std::fill(x, x + n, value);
   }
-  // copy, copy_to_host, copy_from_host and the GEMMs: host_memory_ops.
+  // copy, copy_to_host, copy_from_host, the tasks and the GEMMs: host_memory_ops.
 
  private:
   static constexpr index_t element_threshold = 4096;

@@ -112,7 +112,8 @@ inline void gemm_batched_sum(bool threaded, bool trans_a, bool trans_b, index_t 
 }
 
 /// The part of backend_ops that every backend on host memory shares: plain
-/// copies (host memory is the host's) and the three GEMMs through Eigen.
+/// copies (host memory is the host's), host-side tasks on OpenMP threads and
+/// the three GEMMs through Eigen.
 /// `threaded` says whether batched GEMMs may use OpenMP threads.
 template <bool threaded>
 struct host_memory_ops {
@@ -127,6 +128,25 @@ struct host_memory_ops {
   template <class T>
   static void copy_from_host(const T* host_src, index_t n, T* dst) {
     copy(host_src, n, dst);
+  }
+
+  /// Tasks run on OpenMP threads (when threaded and not inside a region
+  /// already), one region for all of them: a layer that cuts its batch into
+  /// chunks opens one region per pass instead of several per chunk, and
+  /// each chunk's transforms and GEMMs stay in its thread's caches.
+  static int task_workers() { return available_threads(threaded); }
+  template <class F>
+  static void for_each_task(index_t n, F&& f) {
+    const int workers = static_cast<int>(std::min<index_t>(task_workers(), n));
+#ifdef _OPENMP
+    if (workers > 1) {
+#pragma omp parallel for schedule(static) num_threads(workers)
+      for (index_t i = 0; i < n; ++i) f(i, omp_get_thread_num());
+      return;
+    }
+#endif
+    (void)workers;
+    for (index_t i = 0; i < n; ++i) f(i, 0);
   }
 
   template <class T>

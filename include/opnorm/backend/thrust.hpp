@@ -156,7 +156,7 @@ struct backend_ops<backend::thrust<System>>
   static void fill(T* x, index_t n, T value) {
     if (n > 0) ::thrust::fill_n(system::policy(), x, n, value);
   }
-  // copy, copy_to_host, copy_from_host and the GEMMs (Eigen): host_memory_ops.
+  // copy, copy_to_host, copy_from_host, the tasks and the GEMMs (Eigen): host_memory_ops.
 };
 
 #if defined(__CUDACC__)
@@ -258,6 +258,13 @@ struct backend_ops<backend::thrust<backend::system::cuda>> : backend::detail::th
     return ::thrust::transform_reduce(::thrust::cuda::par.on(stream()), ::thrust::counting_iterator<index_t>(0),
                                       ::thrust::counting_iterator<index_t>(n), backend::detail::as_term<R, F>{f}, R(0),
                                       ::thrust::plus<R>());
+  }
+
+  // Host-side tasks queue their work on the one stream, in order.
+  static int task_workers() { return 1; }
+  template <class F>
+  static void for_each_task(index_t n, F&& f) {
+    for (index_t i = 0; i < n; ++i) f(i, 0);
   }
 
   template <class T>

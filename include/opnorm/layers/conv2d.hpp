@@ -14,6 +14,14 @@
 // one task, which adds its contributions in a fixed order), so it needs no
 // atomics and gives the same bits on every run.
 //
+// 3x3 convolutions with stride 1 and enough input channels take another
+// route to the same result: Winograd's F(2x2, 3x3) (layers/winograd.hpp),
+// which needs 16 multiplications per 2x2 output tile where im2col's GEMM
+// needs 36, and lowers every pass to 16 GEMMs over the tiles of a chunk.
+// conv_algorithm below chooses; `automatic` takes Winograd where it applies
+// and the input has at least winograd_min_in_channels channels (with fewer,
+// the GEMMs are too thin to pay for the transforms).
+//
 // The batch is processed in chunks whose im2col matrices fit in a fixed
 // budget (column_budget elements): small enough that the matrix is still in
 // cache when the GEMMs read it back (larger chunks measured up to 25% slower
@@ -27,6 +35,7 @@
 
 #include "../detail/interleaved_sum.hpp"
 #include "layer.hpp"
+#include "winograd.hpp"
 
 namespace opnorm {
 
@@ -53,6 +62,13 @@ OPNORM_HD inline tap_range valid_outputs(index_t in_size, index_t out_size, inde
 
 }  // namespace detail
 
+/// How conv2d lowers its passes to GEMMs (see the head of this file).
+enum class conv_algorithm {
+  automatic,  ///< winograd where it applies and pays, im2col elsewhere
+  im2col,     ///< every kernel size and stride
+  winograd,   ///< F(2x2, 3x3): 3x3 kernels with stride 1 only
+};
+
 template <class T = float, class Backend = backend::cpu>
 class conv2d {
   using accumulator = std::common_type_t<T, double>;
@@ -66,10 +82,23 @@ class conv2d {
   /// that description, hence mutable.
   struct cache {
     mutable tensor<T, Backend> columns;
+    // Winograd's transformed filter U and its gradient dU (16 x Cout x Cin),
+    // and the transformed tiles of a chunk: V or dV (16 x Cin x tiles) and
+    // M or dM (16 x Cout x tiles).
+    mutable tensor<T, Backend> filter, filter_grad, tiles_in, tiles_out;
   };
 
   /// Elements of im2col scratch a chunk of the batch may use (4 MiB in float).
   static constexpr index_t column_budget = index_t{1} << 20;
+  /// Elements of transformed tiles (V or M) a Winograd chunk may use. On
+  /// the host a chunk is one thread's task, and smaller is faster as long as
+  /// the GEMMs stay wide (measured on fmnist_cnn: 2^16, one example per
+  /// chunk, beat 2^18 and 2^20 by 20-30%; docs/performance.md); a device
+  /// wants wide batched GEMMs instead.
+  static constexpr index_t tile_budget = index_t{1} << 16;
+  static constexpr index_t device_tile_budget = index_t{1} << 22;
+  /// automatic uses Winograd from this many input channels on.
+  static constexpr index_t winograd_min_in_channels = 8;
 
   conv2d(index_t in_channels, index_t out_channels, index_t kernel_size, index_t stride = 1,
          index_t padding = 0, bool bias = true)
@@ -95,6 +124,7 @@ class conv2d {
       : conv2d(other.in_, other.out_, other.k_, other.stride_, other.pad_, other.has_bias_) {
     weight_ = copy_to_backend<Backend>(other.weight_);
     weight_grad_ = copy_to_backend<Backend>(other.weight_grad_);
+    algorithm_ = other.algorithm_;
     if (has_bias_) {
       bias_ = copy_to_backend<Backend>(other.bias_);
       bias_grad_ = copy_to_backend<Backend>(other.bias_grad_);
@@ -109,6 +139,27 @@ class conv2d {
   index_t stride() const { return stride_; }
   index_t padding() const { return pad_; }
   bool has_bias() const { return has_bias_; }
+
+  /// The requested lowering; winograd is refused for a layer it cannot run.
+  conv_algorithm algorithm() const { return algorithm_; }
+  void set_algorithm(conv_algorithm a) {
+    require_shape(a != conv_algorithm::winograd || winograd_applies(), "conv2d",
+                  "the winograd algorithm needs a 3x3 kernel with stride 1, got " + std::to_string(k_) + "x" +
+                      std::to_string(k_) + " with stride " + std::to_string(stride_));
+    algorithm_ = a;
+  }
+  /// Whether the passes run as Winograd F(2x2, 3x3) (else im2col).
+  bool uses_winograd() const {
+    if (algorithm_ == conv_algorithm::automatic) return winograd_applies() && in_ >= winograd_min_in_channels;
+    return algorithm_ == conv_algorithm::winograd;
+  }
+  bool winograd_applies() const { return k_ == 3 && stride_ == 1; }
+
+  /// Examples per chunk for a batch of this input shape, whichever algorithm runs.
+  index_t examples_per_chunk(const shape_t& in) const {
+    const geometry g = geometry_of(in);
+    return uses_winograd() ? winograd_chunk(g) : chunk_size(g);
+  }
   tensor<T, Backend>& weight() { return weight_; }
   const tensor<T, Backend>& weight() const { return weight_; }
   tensor<T, Backend>& bias() { return bias_; }
@@ -148,27 +199,10 @@ class conv2d {
     const geometry g = geometry_of(x.shape());
     if (gx) gx->resize(x.shape());
     if (!gx && !parameter_gradients) return;
-    const index_t chunk = chunk_size(g);
-    c.columns.resize({chunk * g.column_size()});
-    T* col = c.columns.data();
-    for (index_t n0 = 0; n0 < g.batch; n0 += chunk) {
-      const index_t count = std::min(chunk, g.batch - n0);
-      const T* gy_chunk = gy.data() + n0 * out_ * g.plane_out();
-      if (parameter_gradients) {
-        im2col(g, x.data() + n0 * in_ * g.plane_in(), col, count);
-        // dW (Cout x K) += sum_n gy_n (Cout x P) col_n^T (P x K)
-        backend_ops<Backend>::gemm_batched_sum(false, true, out_, g.k_rows, g.plane_out(), T(1),
-                                  gy_chunk, g.plane_out(), out_ * g.plane_out(), col, g.plane_out(),
-                                  g.column_size(), T(1), weight_grad_.data(), g.k_rows, count);
-      }
-      if (gx) {
-        // The columns are no longer needed: reuse them for W^T gy_n (K x P).
-        backend_ops<Backend>::gemm_batched(true, false, g.k_rows, g.plane_out(), out_, T(1),
-                              weight_.data(), g.k_rows, index_t{0}, gy_chunk, g.plane_out(),
-                              out_ * g.plane_out(), T(0), col, g.plane_out(), g.column_size(), count);
-        col2im(g, col, gx->data() + n0 * in_ * g.plane_in(), count);
-      }
-    }
+    if (uses_winograd())
+      winograd_vjp(g, x, c, gy, gx, parameter_gradients);
+    else
+      im2col_vjp(g, x, c, gy, gx, parameter_gradients);
     if (parameter_gradients && has_bias_) {
       const T* gs = gy.data();
       T* bg = bias_grad_.data();
@@ -193,6 +227,10 @@ class conv2d {
   void jvp_parameter_vjp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache& c,
                          const tensor<T, Backend>& dx, const tensor<T, Backend>& g) {
     const geometry geo = geometry_of(x.shape());
+    if (uses_winograd()) {
+      winograd_vjp(geo, dx, c, g, nullptr, true);
+      return;
+    }
     const index_t chunk = chunk_size(geo);
     c.columns.resize({chunk * geo.column_size()});
     T* col = c.columns.data();
@@ -247,8 +285,95 @@ class conv2d {
     return std::max<index_t>(1, std::min<index_t>(g.batch, column_budget / g.column_size()));
   }
 
-  // y_n = W col(x_n) + beta y_n for every example, chunk by chunk.
+  index_t winograd_chunk(const geometry& g) const {
+    const index_t per_example = detail::winograd::positions * std::max(in_, out_) * winograd_tiling(g).tiles();
+    const index_t budget = backend_ops<Backend>::host_accessible ? tile_budget : device_tile_budget;
+    return std::max<index_t>(1, std::min<index_t>(g.batch, budget / per_example));
+  }
+  detail::winograd::tiling winograd_tiling(const geometry& g) const {
+    return {g.height, g.width, g.out_height, g.out_width, pad_};
+  }
+
+  // Input gradient and/or weight gradient of the im2col lowering.
+  void im2col_vjp(const geometry& g, const tensor<T, Backend>& x, const cache& c, const tensor<T, Backend>& gy,
+                  tensor<T, Backend>* gx, bool parameter_gradients) {
+    const index_t chunk = chunk_size(g);
+    c.columns.resize({chunk * g.column_size()});
+    T* col = c.columns.data();
+    for (index_t n0 = 0; n0 < g.batch; n0 += chunk) {
+      const index_t count = std::min(chunk, g.batch - n0);
+      const T* gy_chunk = gy.data() + n0 * out_ * g.plane_out();
+      if (parameter_gradients) {
+        im2col(g, x.data() + n0 * in_ * g.plane_in(), col, count);
+        // dW (Cout x K) += sum_n gy_n (Cout x P) col_n^T (P x K)
+        backend_ops<Backend>::gemm_batched_sum(false, true, out_, g.k_rows, g.plane_out(), T(1),
+                                  gy_chunk, g.plane_out(), out_ * g.plane_out(), col, g.plane_out(),
+                                  g.column_size(), T(1), weight_grad_.data(), g.k_rows, count);
+      }
+      if (gx) {
+        // The columns are no longer needed: reuse them for W^T gy_n (K x P).
+        backend_ops<Backend>::gemm_batched(true, false, g.k_rows, g.plane_out(), out_, T(1),
+                              weight_.data(), g.k_rows, index_t{0}, gy_chunk, g.plane_out(),
+                              out_ * g.plane_out(), T(0), col, g.plane_out(), g.column_size(), count);
+        col2im(g, col, gx->data() + n0 * in_ * g.plane_in(), count);
+      }
+    }
+  }
+
+  // The same with Winograd (layers/winograd.hpp), one host task per chunk:
+  // dM = out^T(gy); the weight gradient accumulates dU_xi += dM_xi V_xi^T
+  // into the task's worker's own dU, and the workers' dU are mapped back to
+  // 3x3 and added in worker order (the same bits for a given thread count,
+  // as gemm_batched_sum); the input gradient is in^T(U_xi^T dM_xi).
+  // jvp_parameter_vjp calls this with (dx, g) in place of (x, gy).
+  void winograd_vjp(const geometry& g, const tensor<T, Backend>& x, const cache& c, const tensor<T, Backend>& gy,
+                    tensor<T, Backend>* gx, bool parameter_gradients) {
+    namespace wino = detail::winograd;
+    using ops = backend_ops<Backend>;
+    const wino::tiling geo = winograd_tiling(g);
+    const index_t chunk = winograd_chunk(g), chunks = (g.batch + chunk - 1) / chunk;
+    const index_t workers = std::min<index_t>(ops::task_workers(), chunks);
+    const index_t filter_size = wino::positions * out_ * in_, in_size = wino::positions * in_ * chunk * geo.tiles(),
+                  out_size = wino::positions * out_ * chunk * geo.tiles();
+    c.tiles_in.resize({workers * in_size});
+    c.tiles_out.resize({workers * out_size});
+    if (gx) {
+      c.filter.resize({filter_size});
+      wino::transform_filter<Backend>(weight_.data(), out_, in_, c.filter.data());
+    }
+    if (parameter_gradients) {
+      c.filter_grad.resize({workers * filter_size});
+      ops::fill(c.filter_grad.data(), workers * filter_size, T(0));
+    }
+    ops::for_each_task(chunks, [&](index_t task, int worker) {
+      const index_t n0 = task * chunk, count = std::min(chunk, g.batch - n0), columns = count * geo.tiles();
+      T *v = c.tiles_in.data() + worker * in_size, *m = c.tiles_out.data() + worker * out_size;
+      wino::transform_output_adjoint<Backend>(geo, gy.data() + n0 * out_ * g.plane_out(), out_, count, m);
+      if (parameter_gradients) {
+        wino::transform_input<Backend>(geo, x.data() + n0 * in_ * g.plane_in(), in_, count, v);
+        // dU_xi (Cout x Cin) += dM_xi (Cout x tiles) V_xi^T (tiles x Cin)
+        ops::gemm_batched(false, true, out_, in_, columns, T(1), m, columns, out_ * columns, v, columns,
+                          in_ * columns, T(1), c.filter_grad.data() + worker * filter_size, in_, out_ * in_,
+                          wino::positions);
+      }
+      if (gx) {
+        // dV_xi (Cin x tiles) = U_xi^T (Cin x Cout) dM_xi (Cout x tiles), into V's storage.
+        ops::gemm_batched(true, false, in_, columns, out_, T(1), c.filter.data(), in_, out_ * in_, m, columns,
+                          out_ * columns, T(0), v, columns, in_ * columns, wino::positions);
+        wino::transform_input_adjoint<Backend>(geo, v, in_, count, gx->data() + n0 * in_ * g.plane_in());
+      }
+    });
+    if (parameter_gradients)
+      for (index_t w = 0; w < workers; ++w)
+        wino::add_filter_adjoint<Backend>(c.filter_grad.data() + w * filter_size, out_, in_, weight_grad_.data());
+  }
+
+  // y_n = conv(x_n) + beta y_n for every example, chunk by chunk.
   void convolve(const tensor<T, Backend>& x, tensor<T, Backend>& y, const cache& c, T beta) const {
+    if (uses_winograd()) {
+      convolve_winograd(x, y, c, beta);
+      return;
+    }
     const geometry g = geometry_of(x.shape());
     const index_t chunk = chunk_size(g);
     c.columns.resize({chunk * g.column_size()});
@@ -261,6 +386,31 @@ class conv2d {
                             g.column_size(), beta, y.data() + n0 * out_ * g.plane_out(),
                             g.plane_out(), out_ * g.plane_out(), count);
     }
+  }
+
+  // V = in(x); M_xi = U_xi V_xi; y = out(M) + beta y, one host task per chunk.
+  void convolve_winograd(const tensor<T, Backend>& x, tensor<T, Backend>& y, const cache& c, T beta) const {
+    namespace wino = detail::winograd;
+    using ops = backend_ops<Backend>;
+    const geometry g = geometry_of(x.shape());
+    const wino::tiling geo = winograd_tiling(g);
+    const index_t chunk = winograd_chunk(g), chunks = (g.batch + chunk - 1) / chunk;
+    const index_t workers = std::min<index_t>(ops::task_workers(), chunks);
+    const index_t in_size = wino::positions * in_ * chunk * geo.tiles(),
+                  out_size = wino::positions * out_ * chunk * geo.tiles();
+    c.filter.resize({wino::positions * out_ * in_});
+    wino::transform_filter<Backend>(weight_.data(), out_, in_, c.filter.data());
+    c.tiles_in.resize({workers * in_size});
+    c.tiles_out.resize({workers * out_size});
+    ops::for_each_task(chunks, [&](index_t task, int worker) {
+      const index_t n0 = task * chunk, count = std::min(chunk, g.batch - n0), columns = count * geo.tiles();
+      T *v = c.tiles_in.data() + worker * in_size, *m = c.tiles_out.data() + worker * out_size;
+      wino::transform_input<Backend>(geo, x.data() + n0 * in_ * g.plane_in(), in_, count, v);
+      // M_xi (Cout x tiles) = U_xi (Cout x Cin) V_xi (Cin x tiles)
+      ops::gemm_batched(false, false, out_, columns, in_, T(1), c.filter.data(), in_, out_ * in_, v, columns,
+                        in_ * columns, T(0), m, columns, out_ * columns, wino::positions);
+      wino::transform_output<Backend>(geo, m, out_, count, beta, y.data() + n0 * out_ * g.plane_out());
+    });
   }
 
   // col[n][(c, kh, kw)][oh][ow] = x[n][c][oh*s - p + kh][ow*s - p + kw], zero
@@ -324,6 +474,7 @@ class conv2d {
  private:
   index_t in_, out_, k_, stride_, pad_;
   bool has_bias_;
+  conv_algorithm algorithm_ = conv_algorithm::automatic;
   tensor<T, Backend> weight_, weight_grad_, bias_, bias_grad_;
 };
 

@@ -382,6 +382,20 @@ class batch_norm {
     const T* mean = c.mean.data();
     const T* inv_std = c.inv_std.data();
     const T* gamma = affine_ ? weight_.data() : nullptr;
+    if (!batch && !gamma_grad) {
+      // Running statistics and no parameter gradients (an attack's or a
+      // power iteration's backward pass): J is a per-channel scale, and x
+      // need not be read at all. Rows of S elements, as in normalize.
+      if (!out) return;
+      backend_ops<Backend>::for_each_index(N * C, [=] OPNORM_HD(index_t r) {
+        const index_t ch = r % C;
+        const T scale = (gamma ? gamma[ch] : T(1)) * inv_std[ch];
+        const T* vr = vs + r * S;
+        T* o = out + r * S;
+        for (index_t i = 0; i < S; ++i) o[i] = scale * vr[i];
+      });
+      return;
+    }
     backend_ops<Backend>::for_each_segment(C, N * S, [=] OPNORM_HD(index_t ch) {
       const T mu = mean[ch], is = inv_std[ch];
       // sum(v) and sum(xhat * v) over the channel: the batch-statistics

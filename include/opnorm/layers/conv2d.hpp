@@ -82,7 +82,8 @@ class conv2d {
   /// that description, hence mutable.
   struct cache {
     mutable tensor<T, Backend> columns;
-    // Winograd's transformed filter U and its gradient dU (16 x Cout x Cin),
+    // Winograd's transformed filter U (16 x Cout x Cin) of the weights at
+    // the forward pass, the workers' weight gradients dU (same shape each),
     // and the transformed tiles of a chunk: V or dV (16 x Cin x tiles) and
     // M or dM (16 x Cout x tiles).
     mutable tensor<T, Backend> filter, filter_grad, tiles_in, tiles_out;
@@ -191,7 +192,7 @@ class conv2d {
         for (index_t i = 0; i < plane; ++i) row[i] = v;
       });
     }
-    convolve(x, y, c, has_bias_ ? T(1) : T(0));
+    convolve(x, y, c, has_bias_ ? T(1) : T(0), /*fresh_filter=*/true);
   }
 
   void vjp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache& c,
@@ -248,7 +249,7 @@ class conv2d {
   void jvp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache& c,
            const tensor<T, Backend>& dx, tensor<T, Backend>& dy) const {
     dy.resize(output_shape(x.shape()));
-    convolve(dx, dy, c, T(0));
+    convolve(dx, dy, c, T(0), /*fresh_filter=*/false);
   }
 
   void collect_state(state_list<T, Backend>& s, const std::string& prefix) {
@@ -337,10 +338,7 @@ class conv2d {
                   out_size = wino::positions * out_ * chunk * geo.tiles();
     c.tiles_in.resize({workers * in_size});
     c.tiles_out.resize({workers * out_size});
-    if (gx) {
-      c.filter.resize({filter_size});
-      wino::transform_filter<Backend>(weight_.data(), out_, in_, c.filter.data());
-    }
+    if (gx) prepare_filter(c, false);
     if (parameter_gradients) {
       c.filter_grad.resize({workers * filter_size});
       ops::fill(c.filter_grad.data(), workers * filter_size, T(0));
@@ -369,9 +367,12 @@ class conv2d {
   }
 
   // y_n = conv(x_n) + beta y_n for every example, chunk by chunk.
-  void convolve(const tensor<T, Backend>& x, tensor<T, Backend>& y, const cache& c, T beta) const {
+  // fresh_filter: the forward pass (re)transforms the weights for Winograd;
+  // the JVP reuses what that forward pass left in the cache.
+  void convolve(const tensor<T, Backend>& x, tensor<T, Backend>& y, const cache& c, T beta,
+                bool fresh_filter) const {
     if (uses_winograd()) {
-      convolve_winograd(x, y, c, beta);
+      convolve_winograd(x, y, c, beta, fresh_filter);
       return;
     }
     const geometry g = geometry_of(x.shape());
@@ -388,8 +389,20 @@ class conv2d {
     }
   }
 
+  // U = G W G^T into the cache: by the forward pass (fresh), and by a JVP or
+  // VJP only when the cache has none (they describe the forward point, whose
+  // weights are the ones transformed then; a batch-1 Jacobian runs 10 VJPs
+  // per forward, and transforming 64 x 64 filters each time cost 20% of it).
+  void prepare_filter(const cache& c, bool fresh) const {
+    const index_t size = detail::winograd::positions * out_ * in_;
+    if (!fresh && c.filter.size() == size) return;
+    c.filter.resize({size});
+    detail::winograd::transform_filter<Backend>(weight_.data(), out_, in_, c.filter.data());
+  }
+
   // V = in(x); M_xi = U_xi V_xi; y = out(M) + beta y, one host task per chunk.
-  void convolve_winograd(const tensor<T, Backend>& x, tensor<T, Backend>& y, const cache& c, T beta) const {
+  void convolve_winograd(const tensor<T, Backend>& x, tensor<T, Backend>& y, const cache& c, T beta,
+                         bool fresh_filter) const {
     namespace wino = detail::winograd;
     using ops = backend_ops<Backend>;
     const geometry g = geometry_of(x.shape());
@@ -398,8 +411,7 @@ class conv2d {
     const index_t workers = std::min<index_t>(ops::task_workers(), chunks);
     const index_t in_size = wino::positions * in_ * chunk * geo.tiles(),
                   out_size = wino::positions * out_ * chunk * geo.tiles();
-    c.filter.resize({wino::positions * out_ * in_});
-    wino::transform_filter<Backend>(weight_.data(), out_, in_, c.filter.data());
+    prepare_filter(c, fresh_filter);
     c.tiles_in.resize({workers * in_size});
     c.tiles_out.resize({workers * out_size});
     ops::for_each_task(chunks, [&](index_t task, int worker) {

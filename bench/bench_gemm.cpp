@@ -7,14 +7,15 @@
 //                     split over OMP_NUM_THREADS threads). The largest N that
 //                     still fits the caches' blocking well is the "limit".
 //   conv_gemm/<pass>/<layer>
-//                     one chunk of the batched GEMMs conv2d issues for a batch
-//                     of 128, with the shapes of fmnist_cnn's four
-//                     convolutions: forward (W col_n), weight gradient
-//                     (sum_n gy_n col_n^T), input gradient (W^T gy_n). Hot
-//                     cache: the operands are the same every iteration.
+//                     all the GEMMs conv2d issues for one pass (forward,
+//                     weight gradient, input gradient) of fmnist_cnn's four
+//                     convolutions over a batch of 128, with the layer's own
+//                     lowering (im2col for conv1, Winograd F(2x2, 3x3) for
+//                     the others), chunking and threading.
 //
-// Every benchmark reports GFLOP/s (2 m n k per product) as the counter
-// "GFLOPS". docs/performance.md compares the conv shapes with the limit.
+// Every benchmark reports GFLOP/s (2 m n k per product, the multiply-adds
+// the GEMMs actually do) as the counter "GFLOPS". docs/performance.md
+// compares the conv GEMMs with the limit.
 //
 //   OMP_NUM_THREADS=2 build/bench/bench_gemm --benchmark_counters_tabular=true
 #include <cstdint>
@@ -69,40 +70,87 @@ constexpr index_t batch = 128;
 
 enum class pass { forward, weight_gradient, input_gradient };
 
-// The chunk conv2d uses for this layer (its im2col budget).
-index_t chunk_of(const conv_layer& l) {
-  const index_t column_size = l.in * 9 * l.size * l.size;
-  return std::max<index_t>(1, std::min<index_t>(batch, conv2d<float>::column_budget / column_size));
-}
-
+// The GEMMs conv2d issues for one pass over a batch of 128, with its chunking
+// and threading: im2col's per-example GEMMs batched over a chunk (threads
+// across the chunk's examples), or Winograd's 16 GEMMs per chunk, one host
+// task per chunk (threads across chunks). Hot cache: every chunk reads the
+// same operands, so this is the GEMMs' speed without the transforms'
+// memory traffic in between.
 void conv_gemm(benchmark::State& state, conv_layer l, pass p) {
-  const index_t k_rows = l.in * 9, plane = l.size * l.size, count = chunk_of(l);
-  const auto weight = random_floats(l.out * k_rows, 3);
-  const auto columns = random_floats(count * k_rows * plane, 4);
-  const auto gy = random_floats(count * l.out * plane, 5);
-  std::vector<float> out(static_cast<std::size_t>(count * std::max(k_rows, l.out) * plane));
-  std::vector<float> weight_grad(static_cast<std::size_t>(l.out * k_rows));
-  for (auto _ : state) {
-    switch (p) {
-      case pass::forward:  // y_n (Cout x P) = W (Cout x K) col_n (K x P)
-        ops::gemm_batched(false, false, l.out, plane, k_rows, 1.f, weight.data(), k_rows, index_t{0}, columns.data(),
-                          plane, k_rows * plane, 0.f, out.data(), plane, l.out * plane, count);
-        break;
-      case pass::weight_gradient:  // dW (Cout x K) += sum_n gy_n (Cout x P) col_n^T (P x K)
-        ops::gemm_batched_sum(false, true, l.out, k_rows, plane, 1.f, gy.data(), plane, l.out * plane, columns.data(),
-                              plane, k_rows * plane, 1.f, weight_grad.data(), k_rows, count);
-        break;
-      case pass::input_gradient:  // (K x P) = W^T (K x Cout) gy_n (Cout x P)
-        ops::gemm_batched(true, false, k_rows, plane, l.out, 1.f, weight.data(), k_rows, index_t{0}, gy.data(), plane,
-                          l.out * plane, 0.f, out.data(), plane, k_rows * plane, count);
-        break;
+  const conv2d<float> layer(l.in, l.out, 3, 1, 1);
+  const shape_t input{batch, l.in, l.size, l.size};
+  const index_t plane = l.size * l.size, chunk = layer.examples_per_chunk(input);
+  const index_t chunks = (batch + chunk - 1) / chunk;
+  double flops = 0;
+  if (!layer.uses_winograd()) {
+    const index_t k_rows = l.in * 9;
+    const auto weight = random_floats(l.out * k_rows, 3);
+    const auto columns = random_floats(chunk * k_rows * plane, 4);
+    const auto gy = random_floats(chunk * l.out * plane, 5);
+    std::vector<float> out(static_cast<std::size_t>(chunk * std::max(k_rows, l.out) * plane));
+    std::vector<float> weight_grad(static_cast<std::size_t>(l.out * k_rows));
+    for (auto _ : state) {
+      for (index_t c = 0; c < chunks; ++c) {
+        const index_t count = std::min(chunk, batch - c * chunk);
+        switch (p) {
+          case pass::forward:  // y_n (Cout x P) = W (Cout x K) col_n (K x P)
+            ops::gemm_batched(false, false, l.out, plane, k_rows, 1.f, weight.data(), k_rows, index_t{0},
+                              columns.data(), plane, k_rows * plane, 0.f, out.data(), plane, l.out * plane, count);
+            break;
+          case pass::weight_gradient:  // dW (Cout x K) += sum_n gy_n (Cout x P) col_n^T (P x K)
+            ops::gemm_batched_sum(false, true, l.out, k_rows, plane, 1.f, gy.data(), plane, l.out * plane,
+                                  columns.data(), plane, k_rows * plane, 1.f, weight_grad.data(), k_rows, count);
+            break;
+          case pass::input_gradient:  // (K x P) = W^T (K x Cout) gy_n (Cout x P)
+            ops::gemm_batched(true, false, k_rows, plane, l.out, 1.f, weight.data(), k_rows, index_t{0}, gy.data(),
+                              plane, l.out * plane, 0.f, out.data(), plane, k_rows * plane, count);
+            break;
+        }
+      }
+      benchmark::DoNotOptimize(out.data());
+      benchmark::DoNotOptimize(weight_grad.data());
+      benchmark::ClobberMemory();
     }
-    benchmark::DoNotOptimize(out.data());
-    benchmark::DoNotOptimize(weight_grad.data());
-    benchmark::ClobberMemory();
+    flops = 2.0 * l.out * k_rows * plane * batch;
+  } else {
+    constexpr index_t positions = detail::winograd::positions;
+    const index_t tiles = ((l.size + 1) / 2) * ((l.size + 1) / 2), columns = chunk * tiles;
+    const int workers = static_cast<int>(std::min<index_t>(ops::task_workers(), chunks));
+    const auto filter = random_floats(positions * l.out * l.in, 3);
+    std::vector<std::vector<float>> tiles_in, tiles_out, filter_grad;
+    for (int w = 0; w < workers; ++w) {
+      tiles_in.push_back(random_floats(positions * l.in * columns, 4 + w));
+      tiles_out.push_back(random_floats(positions * l.out * columns, 40 + w));
+      filter_grad.emplace_back(static_cast<std::size_t>(positions * l.out * l.in));
+    }
+    for (auto _ : state) {
+      ops::for_each_task(chunks, [&](index_t, int w) {
+        float *v = tiles_in[static_cast<std::size_t>(w)].data(), *m = tiles_out[static_cast<std::size_t>(w)].data();
+        switch (p) {
+          case pass::forward:  // M_xi = U_xi V_xi
+            ops::gemm_batched(false, false, l.out, columns, l.in, 1.f, filter.data(), l.in, l.out * l.in, v, columns,
+                              l.in * columns, 0.f, m, columns, l.out * columns, positions);
+            break;
+          case pass::weight_gradient:  // dU_xi += dM_xi V_xi^T
+            ops::gemm_batched(false, true, l.out, l.in, columns, 1.f, m, columns, l.out * columns, v, columns,
+                              l.in * columns, 1.f, filter_grad[static_cast<std::size_t>(w)].data(), l.in,
+                              l.out * l.in, positions);
+            break;
+          case pass::input_gradient:  // dV_xi = U_xi^T dM_xi
+            ops::gemm_batched(true, false, l.in, columns, l.out, 1.f, filter.data(), l.in, l.out * l.in, m, columns,
+                              l.out * columns, 0.f, v, columns, l.in * columns, positions);
+            break;
+        }
+        benchmark::DoNotOptimize(v);
+        benchmark::DoNotOptimize(m);
+      });
+      benchmark::ClobberMemory();
+    }
+    flops = 2.0 * positions * l.out * l.in * tiles * batch;
   }
-  report_flops(state, 2.0 * l.out * k_rows * plane * count);
-  state.counters["examples"] = static_cast<double>(count);
+  report_flops(state, flops);
+  state.counters["examples_per_chunk"] = static_cast<double>(chunk);
+  state.counters["winograd"] = layer.uses_winograd() ? 1 : 0;
 }
 
 const int registered = [] {
@@ -112,7 +160,7 @@ const int registered = [] {
     for (const auto& l : conv_layers)
       benchmark::RegisterBenchmark((std::string("conv_gemm/") + pass_name + "/" + l.name).c_str(), conv_gemm, l, p)
           ->UseRealTime()
-          ->Unit(benchmark::kMicrosecond);
+          ->Unit(benchmark::kMillisecond);
   return 0;
 }();
 

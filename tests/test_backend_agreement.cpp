@@ -211,6 +211,17 @@ TEST_CASE_TEMPLATE("conv2d 3x3 padding 1 without bias in double: forward, vjp an
                                 index_t{1}, false);
 }
 
+// Eight input channels: the automatic choice is Winograd F(2x2, 3x3), whose
+// chunks are per host task on cpu and thrust<omp|cpp>, and wide batched
+// GEMMs on a device. Odd output width: a partial last tile.
+TEST_CASE_TEMPLATE("conv2d 3x3 stride 1 with 8 input channels (Winograd) in double: forward, vjp and jvp agree with "
+                   "cpu to 1e-12",
+                   B, OPNORM_AGREEMENT_BACKENDS) {
+  REQUIRE(conv2d<double, B>(8, 5, 3, 1, 1).uses_winograd());
+  check_layer_agrees<conv2d, B>({3, 8, 6, 7}, mode::train, 4, index_t{8}, index_t{5}, index_t{3}, index_t{1},
+                                index_t{1});
+}
+
 TEST_CASE_TEMPLATE("batch_norm 2d train mode in double: forward, running statistics, vjp and jvp agree with cpu", B,
                    OPNORM_AGREEMENT_BACKENDS) {
   check_layer_agrees<batch_norm, B>({4, 3, 3, 5}, mode::train, 4, index_t{3});

@@ -86,6 +86,36 @@ TEST_CASE_TEMPLATE("fmnist_cnn in eval mode: <J v, u> = <v, J^T u>", B, OPNORM_T
   CHECK(adjointness_error(net, random_images<B>({2, 1, 28, 28}, rng), mode::eval, rng) < 1e-12);
 }
 
+TEST_CASE_TEMPLATE("fmnist_cnn: forward_output_only gives forward's output bit for bit, and its tape is not "
+                   "differentiated",
+                   B, OPNORM_TEST_BACKENDS) {
+  using net_t = fmnist_cnn<double, B>;
+  std::mt19937_64 rng(4);
+  auto net = make_fmnist_cnn<double, B>(4);
+  const auto x = random_images<B>({3, 1, 28, 28}, rng), x2 = random_images<B>({3, 1, 28, 28}, rng);
+  typename net_t::tape full, lean, lender;
+  const auto expected = net.forward(x, full, mode::eval);
+  const auto& output = net.forward_output_only(x, lean, mode::eval);
+  REQUIRE(output.shape() == expected.shape());
+  for (index_t i = 0; i < output.size(); ++i) CHECK(output[i] == expected[i]);
+  // Only two intermediate activations were written.
+  for (std::size_t l = 3; l < net_t::depth; ++l) CHECK(lean.activations[l].shape().empty());
+
+  // The borrowing pass (data-dependent SNR's power iteration at x).
+  net.forward(x, lender, mode::train);
+  const auto borrowed = net.forward_with_statistics_of(x2, full, lender);
+  const auto& borrowed_lean = net.forward_output_only_with_statistics_of(x2, lean, lender);
+  for (index_t i = 0; i < borrowed.size(); ++i) CHECK(borrowed_lean[i] == borrowed[i]);
+
+  typename net_t::tensor_type g;
+  const auto gy = random_tensor<B>(output.shape(), rng);
+  CHECK_THROWS_AS(net.vjp(lean, gy, &g, false), std::logic_error);
+  CHECK_THROWS_AS(net.jvp(lean, x, g), std::logic_error);
+  // A full forward on the same tape makes it differentiable again.
+  net.forward(x, lean, mode::eval);
+  CHECK_NOTHROW(net.vjp(lean, gy, &g, false));
+}
+
 TEST_CASE_TEMPLATE("fmnist_cnn in train mode (batch statistics): <J v, u> = <v, J^T u>", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(3);
   auto net = make_fmnist_cnn<double, B>(3);

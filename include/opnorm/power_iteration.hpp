@@ -149,12 +149,13 @@ class power_iteration {
     if constexpr (std::is_same_v<direction, exact_jvp>) {
       model.forward(x, ws.at_x, mode::eval);
     } else if constexpr (std::is_same_v<direction, finite_difference>) {
-      assign(model.forward(x, ws.at_x, mode::eval), ws.reference_logits);
+      // Only f(x) is needed at x (the VJPs run at the point): no full tape.
+      assign(model.forward_output_only(x, ws.at_x, mode::eval), ws.reference_logits);
     } else {
       using loss = typename direction::loss;
       if constexpr (std::is_same_v<loss, sum_of_squares>) {
         // l_adv(f(x), f(x*)) = 1/2 ||f(x*) - f(x)||^2: the target is f(x).
-        assign(model.forward(x, ws.at_x, mode::eval), ws.reference_logits);
+        assign(model.forward_output_only(x, ws.at_x, mode::eval), ws.reference_logits);
       } else if (!labels) {
         throw std::invalid_argument("opnorm::power_iteration: loss_gradient<softmax_cross_entropy> needs labels");
       }

@@ -41,21 +41,19 @@ struct conv_case {
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("conv2d: forward matches the direct definition", B, OPNORM_TEST_BACKENDS) {
+// Each case's forward pass, with the given lowering, against direct_convolution.
+template <class B, std::size_t N>
+void check_forward_matches_direct(const conv_case (&cases)[N], conv_algorithm algorithm, std::uint64_t seed) {
   using tensor_t = tensor<double, B>;
-  const conv_case cases[] = {
-      {3, 4, 3, 1, 0, true, {2, 3, 5, 6}},   {3, 4, 3, 1, 1, true, {2, 3, 5, 7}},
-      {2, 5, 3, 2, 1, false, {3, 2, 7, 6}},  {2, 3, 2, 2, 0, true, {2, 2, 6, 5}},
-      {1, 2, 3, 3, 2, true, {1, 1, 8, 7}},   {4, 2, 1, 1, 0, true, {2, 4, 3, 4}},
-      {2, 2, 5, 1, 2, false, {1, 2, 4, 3}},
-  };
-  std::mt19937_64 rng(11);
+  std::mt19937_64 rng(seed);
   for (const auto& cc : cases) {
     CAPTURE(shape_string(cc.input));
     CAPTURE(cc.kernel);
     CAPTURE(cc.stride);
     CAPTURE(cc.padding);
     conv2d<double, B> layer(cc.in, cc.out, cc.kernel, cc.stride, cc.padding, cc.bias);
+    layer.set_algorithm(algorithm);
+    if (algorithm == conv_algorithm::winograd) REQUIRE(layer.uses_winograd());
     layer.initialize(rng);
     const tensor_t x = random_tensor<B>(cc.input, rng);
     tensor_t y;
@@ -65,6 +63,16 @@ TEST_CASE_TEMPLATE("conv2d: forward matches the direct definition", B, OPNORM_TE
     REQUIRE(y.shape() == expected.shape());
     CHECK(relative_error(y, expected) < 1e-14);
   }
+}
+
+TEST_CASE_TEMPLATE("conv2d: forward matches the direct definition", B, OPNORM_TEST_BACKENDS) {
+  const conv_case cases[] = {
+      {3, 4, 3, 1, 0, true, {2, 3, 5, 6}},   {3, 4, 3, 1, 1, true, {2, 3, 5, 7}},
+      {2, 5, 3, 2, 1, false, {3, 2, 7, 6}},  {2, 3, 2, 2, 0, true, {2, 2, 6, 5}},
+      {1, 2, 3, 3, 2, true, {1, 1, 8, 7}},   {4, 2, 1, 1, 0, true, {2, 4, 3, 4}},
+      {2, 2, 5, 1, 2, false, {1, 2, 4, 3}},
+  };
+  check_forward_matches_direct<B>(cases, conv_algorithm::automatic, 11);
 }
 
 // check_layer opens doctest subcases, which must not run inside a loop: one
@@ -156,7 +164,6 @@ TEST_CASE_TEMPLATE("conv2d: a batch split into several scratch chunks equals exa
 // ---- Winograd F(2x2, 3x3) ----
 
 TEST_CASE_TEMPLATE("conv2d winograd: forward matches the direct definition", B, OPNORM_TEST_BACKENDS) {
-  using tensor_t = tensor<double, B>;
   // Even and odd output sizes (a partial last tile), padding 0, 1 and 2,
   // with and without bias, down to a single output pixel.
   const conv_case cases[] = {
@@ -166,22 +173,7 @@ TEST_CASE_TEMPLATE("conv2d winograd: forward matches the direct definition", B, 
       // More than one block of 32 tiles per tile row (layers/winograd.hpp).
       {2, 3, 3, 1, 1, true, {2, 2, 5, 70}}, {2, 3, 3, 1, 0, false, {1, 2, 4, 131}},
   };
-  std::mt19937_64 rng(31);
-  for (const auto& cc : cases) {
-    CAPTURE(shape_string(cc.input));
-    CAPTURE(cc.padding);
-    conv2d<double, B> layer(cc.in, cc.out, 3, 1, cc.padding, cc.bias);
-    layer.set_algorithm(conv_algorithm::winograd);
-    REQUIRE(layer.uses_winograd());
-    layer.initialize(rng);
-    const tensor_t x = random_tensor<B>(cc.input, rng);
-    tensor_t y;
-    typename conv2d<double, B>::cache c;
-    layer.forward(x, y, c, mode::eval);
-    const tensor_t expected = direct_convolution(layer, x);
-    REQUIRE(y.shape() == expected.shape());
-    CHECK(relative_error(y, expected) < 1e-14);
-  }
+  check_forward_matches_direct<B>(cases, conv_algorithm::winograd, 31);
 }
 
 TEST_CASE_TEMPLATE("conv2d winograd derivatives: padding 1, odd output width", B, OPNORM_TEST_BACKENDS) {

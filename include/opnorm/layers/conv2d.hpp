@@ -331,19 +331,16 @@ class conv2d {
                     tensor<T, Backend>* gx, bool parameter_gradients) {
     namespace wino = detail::winograd;
     using ops = backend_ops<Backend>;
-    const wino::tiling geo = winograd_tiling(g);
-    const index_t chunk = winograd_chunk(g), chunks = (g.batch + chunk - 1) / chunk;
-    const index_t workers = std::min<index_t>(ops::task_workers(), chunks);
-    const index_t filter_size = wino::positions * out_ * in_, in_size = wino::positions * in_ * chunk * geo.tiles(),
-                  out_size = wino::positions * out_ * chunk * geo.tiles();
-    c.tiles_in.resize({workers * in_size});
-    c.tiles_out.resize({workers * out_size});
+    const winograd_plan plan = plan_winograd(g, c);
+    const wino::tiling& geo = plan.geo;
+    const index_t chunk = plan.chunk, workers = plan.workers, in_size = plan.in_size, out_size = plan.out_size;
+    const index_t filter_size = wino::positions * out_ * in_;
     if (gx) prepare_filter(c, false);
     if (parameter_gradients) {
       c.filter_grad.resize({workers * filter_size});
       ops::fill(c.filter_grad.data(), workers * filter_size, T(0));
     }
-    ops::for_each_task(chunks, [&](index_t task, int worker) {
+    ops::for_each_task(plan.chunks, [&](index_t task, int worker) {
       const index_t n0 = task * chunk, count = std::min(chunk, g.batch - n0), columns = count * geo.tiles();
       T *v = c.tiles_in.data() + worker * in_size, *m = c.tiles_out.data() + worker * out_size;
       wino::transform_output_adjoint<Backend>(geo, gy.data() + n0 * out_ * g.plane_out(), out_, count, m);
@@ -389,6 +386,26 @@ class conv2d {
     }
   }
 
+  // How a Winograd pass cuts the batch: examples per chunk, chunks, the
+  // workers that run them, and each worker's share of the tile scratch (V
+  // or dV, M or dM), which is sized here.
+  struct winograd_plan {
+    detail::winograd::tiling geo;
+    index_t chunk, chunks, workers, in_size, out_size;
+  };
+  winograd_plan plan_winograd(const geometry& g, const cache& c) const {
+    winograd_plan p;
+    p.geo = winograd_tiling(g);
+    p.chunk = winograd_chunk(g);
+    p.chunks = (g.batch + p.chunk - 1) / p.chunk;
+    p.workers = std::min<index_t>(backend_ops<Backend>::task_workers(), p.chunks);
+    p.in_size = detail::winograd::positions * in_ * p.chunk * p.geo.tiles();
+    p.out_size = detail::winograd::positions * out_ * p.chunk * p.geo.tiles();
+    c.tiles_in.resize({p.workers * p.in_size});
+    c.tiles_out.resize({p.workers * p.out_size});
+    return p;
+  }
+
   // U = G W G^T into the cache: by the forward pass (fresh), and by a JVP or
   // VJP only when the cache has none (they describe the forward point, whose
   // weights are the ones transformed then; a batch-1 Jacobian runs 10 VJPs
@@ -406,15 +423,11 @@ class conv2d {
     namespace wino = detail::winograd;
     using ops = backend_ops<Backend>;
     const geometry g = geometry_of(x.shape());
-    const wino::tiling geo = winograd_tiling(g);
-    const index_t chunk = winograd_chunk(g), chunks = (g.batch + chunk - 1) / chunk;
-    const index_t workers = std::min<index_t>(ops::task_workers(), chunks);
-    const index_t in_size = wino::positions * in_ * chunk * geo.tiles(),
-                  out_size = wino::positions * out_ * chunk * geo.tiles();
+    const winograd_plan plan = plan_winograd(g, c);
+    const wino::tiling& geo = plan.geo;
+    const index_t chunk = plan.chunk, in_size = plan.in_size, out_size = plan.out_size;
     prepare_filter(c, fresh_filter);
-    c.tiles_in.resize({workers * in_size});
-    c.tiles_out.resize({workers * out_size});
-    ops::for_each_task(chunks, [&](index_t task, int worker) {
+    ops::for_each_task(plan.chunks, [&](index_t task, int worker) {
       const index_t n0 = task * chunk, count = std::min(chunk, g.batch - n0), columns = count * geo.tiles();
       T *v = c.tiles_in.data() + worker * in_size, *m = c.tiles_out.data() + worker * out_size;
       wino::transform_input<Backend>(geo, x.data() + n0 * in_ * g.plane_in(), in_, count, v);

@@ -158,8 +158,7 @@ OPNORM_HD inline void load_padded(const T* row, bool row_inside, index_t first, 
                                   T* dst) {
   index_t begin = first < 0 ? -first : 0, end = width - first;
   if (end > span) end = span;
-  if (!row_inside || end < begin) end = begin = span;
-  if (begin > span) begin = end = span;
+  if (!row_inside || end < begin) end = begin = span;  // also when [first, first + span) misses the row
   for (index_t s = 0; s < begin; ++s) dst[s] = T(0);
   for (index_t s = begin; s < end; ++s) dst[s] = row[first + s];
   for (index_t s = end; s < span; ++s) dst[s] = T(0);

@@ -42,7 +42,10 @@
 #include <opnorm/networks.hpp>
 #include <opnorm/transfer.hpp>
 
+#include "command_line.hpp"
+
 using namespace opnorm;
+namespace cl = opnorm::command_line;
 
 namespace {
 
@@ -115,6 +118,9 @@ void attack_on(const settings& s) {
   auto model = make_fmnist_cnn<float, B>();
   load_checkpoint(model, s.checkpoint);
   const auto test = load_fashion_mnist<float>(s.data_dir, split::test);
+  if (s.first >= test.size())
+    throw cl::usage_error("--first " + std::to_string(s.first) + ": the test set has " +
+                          std::to_string(test.size()) + " images, so there is nothing to attack");
   const index_t n = std::min(s.examples, test.size() - s.first);
   const auto part = subset(test, s.first, n);
   const auto images = to<B>(part.images);
@@ -138,13 +144,13 @@ int main(int argc, char** argv) {
   CLI::App app{"Attacks a trained fmnist_cnn with PGA, APGD or an APGD ensemble and prints robust accuracy against eps.",
                "attack"};
   settings s;
-  // A bad option is one line, like the program's other errors.
-  app.failure_message([](const CLI::App*, const CLI::Error& e) {
-    return std::string("attack: error: ") + e.what() + " (see --help)\n";
-  });
+  cl::one_line_errors(app, "attack");
   app.add_option("--checkpoint", s.checkpoint, "model checkpoint (safetensors) of an fmnist_cnn")->required();
   app.add_option("--norm", s.norm, "l2 or linf")->check(CLI::IsMember({"l2", "linf"}))->capture_default_str();
-  app.add_option("--eps", s.eps_list, "radii in [0, 1] pixel units")->delimiter(',')->capture_default_str();
+  app.add_option("--eps", s.eps_list, "radii in [0, 1] pixel units")
+      ->delimiter(',')
+      ->check(cl::real_in(detail::at_least(0)))
+      ->capture_default_str();
   app.add_option("--attack", s.attack,
                  "pga, apgd-ce, apgd-dlr or ensemble (APGD-CE then APGD-T, AutoAttack's standard ensemble without "
                  "FAB-T and Square)")
@@ -152,16 +158,20 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--iterations", s.iterations,
                  "iterations per run (default 10 for pga, with step 2 eps / iterations; 100 for the APGDs)")
-      ->check(CLI::Range(1, 100000));
+      ->check(cl::whole_number_at_least(1));
   app.add_option("--restarts", s.restarts, "random restarts; the worst case per example is kept")
-      ->check(CLI::Range(1, 1000))
+      ->check(cl::whole_number_at_least(1))
       ->capture_default_str();
   app.add_option("--target-classes", s.target_classes,
                  "ensemble: APGD-T's targets, the highest non-true classes at x (at most classes - 1)")
-      ->check(CLI::Range(1, 1000))
+      ->check(cl::whole_number_at_least(1))
       ->capture_default_str();
-  app.add_option("--examples", s.examples, "test images attacked (from --first)")->capture_default_str();
-  app.add_option("--first", s.first, "index of the first test image")->capture_default_str();
+  app.add_option("--examples", s.examples, "test images attacked (from --first)")
+      ->check(cl::whole_number_at_least(1))
+      ->capture_default_str();
+  app.add_option("--first", s.first, "index of the first test image")
+      ->check(cl::whole_number_at_least(0))
+      ->capture_default_str();
   app.add_option("--data-dir", s.data_dir, "Fashion-MNIST folder")->capture_default_str();
   app.add_option("--seed", s.seed, "random starts")->capture_default_str();
   app.add_option("--backend", s.backend,
@@ -175,12 +185,7 @@ int main(int argc, char** argv) {
                  "; the checkpoint may come from any backend")
       ->check(CLI::IsMember(backend_names))
       ->capture_default_str();
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    const int code = app.exit(e);  // prints --help, or the one-line error
-    return code == 0 ? 0 : 1;
-  }
+  if (const int code = cl::parse_or_exit_code(app, argc, argv); code >= 0) return code;
   if (s.iterations == 0) s.iterations = s.attack == "pga" ? 10 : 100;
   try {
     // The one place a backend is chosen.
@@ -193,8 +198,12 @@ int main(int argc, char** argv) {
     else if (s.backend == "cuda") attack_on<backend::thrust_cuda>(s);
 #endif
     else throw std::logic_error("--backend " + s.backend + " is accepted but not dispatched");
+    return cl::exit_success;
+  } catch (const cl::usage_error& e) {
+    std::cerr << "attack: error: " << e.what() << " (see --help)\n";
+    return cl::exit_usage;
   } catch (const std::exception& e) {
     std::cerr << "attack: error: " << e.what() << '\n';
-    return 1;
+    return cl::exit_failure;
   }
 }

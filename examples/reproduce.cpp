@@ -54,10 +54,13 @@
 #include <opnorm/networks.hpp>
 #include <opnorm/train/train.hpp>
 
+#include "command_line.hpp"
+
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 using namespace opnorm;
 namespace an = opnorm::analysis;
+namespace cl = opnorm::command_line;
 
 namespace {
 
@@ -202,17 +205,7 @@ json summary_json(const an::curve_samples& samples) { return summary_json(an::su
 
 /// Writes j to path through a temporary file and a rename, so a reader
 /// (make_report.py, or a person watching) never sees half a file.
-void write_json_atomically(const fs::path& path, const json& j) {
-  fs::path tmp = path;
-  tmp += ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::trunc);
-    out << j.dump(1) << '\n';
-    out.flush();
-    if (!out) throw std::runtime_error("cannot write '" + tmp.string() + "'");
-  }
-  fs::rename(tmp, path);
-}
+void write_json_atomically(const fs::path& path, const json& j) { write_file_atomically(path, j.dump(1) + "\n"); }
 
 std::vector<T> scaled(const std::vector<double>& factors, double by) {
   std::vector<T> out;
@@ -391,7 +384,9 @@ bool in_figures_4_5(const std::string& key) { return in_figures_2_3(key) && key 
 
 template <class Net, class Factory>
 void run(settings s, Factory make_net, const dataset<T>& train_full, const dataset<T>& test, json& results) {
-  const fs::path out = s.out;
+  // A run that fails before writing anything leaves no folder behind.
+  cl::output_folder folder(s.out);
+  const fs::path out = folder.path();
   fs::create_directories(out / "models");
   const fs::path results_path = out / "results.json";
   const dataset<T> clean_test =
@@ -762,6 +757,7 @@ int main(int argc, char** argv) {
       "with pixels in [0, 1] (l2 unless marked linf). Results: <out>/results.json; plots and report: "
       "scripts/make_report.py.",
       "reproduce"};
+  cl::one_line_errors(app, "reproduce");
   settings s;
   app.add_option("--preset", s.preset, "quick (about 3 min on 2 cores), default (about 20 min) or full (hours)")
       ->check(CLI::IsMember({"quick", "default", "full"}))
@@ -772,7 +768,7 @@ int main(int argc, char** argv) {
   app.add_option("--data-dir", s.data_dir, "data set folder (default for fashion-mnist: /usr/share/datasets/fashion-mnist)");
   app.add_option("--out", s.out, "output folder")->capture_default_str();
   app.add_option("--threads", s.threads, "OpenMP threads (default: OMP_NUM_THREADS or all cores)")
-      ->check(CLI::PositiveNumber);
+      ->check(cl::whole_number_at_least(1));
   app.add_option("--seed", s.seed, "seeds initialization, data order, attacks and random directions")
       ->capture_default_str();
   app.add_option("--standard-checkpoint", s.standard_checkpoint,
@@ -784,44 +780,44 @@ int main(int argc, char** argv) {
   std::optional<int> apgd_targets;
   std::optional<double> eps, linf_eps, ddsnr_lambda, gsnr_lambda, standard_lr, finetune_lr;
   std::optional<bool> appendix;
-  app.add_option("--standard-epochs", standard_epochs, "epochs of standard training")->check(CLI::PositiveNumber);
+  app.add_option("--standard-epochs", standard_epochs, "epochs of standard training")->check(cl::whole_number_at_least(1));
   app.add_option("--standard-examples", standard_examples, "training examples for the standard model (0: all)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--standard-lr", standard_lr, "peak learning rate of standard training")->check(CLI::PositiveNumber);
+      ->check(cl::whole_number_at_least(0));
+  app.add_option("--standard-lr", standard_lr, "peak learning rate of standard training")->check(cl::real_in(detail::greater_than(0)));
   app.add_option("--finetune-examples", finetune_examples, "training examples each fine-tuned method sees per epoch")
-      ->check(CLI::PositiveNumber);
-  app.add_option("--finetune-epochs", finetune_epochs, "fine-tuning epochs")->check(CLI::PositiveNumber);
-  app.add_option("--finetune-lr", finetune_lr, "peak learning rate of fine-tuning")->check(CLI::PositiveNumber);
-  app.add_option("--eps-points", eps_points, "test points for the eps rule")->check(CLI::PositiveNumber);
+      ->check(cl::whole_number_at_least(1));
+  app.add_option("--finetune-epochs", finetune_epochs, "fine-tuning epochs")->check(cl::whole_number_at_least(1));
+  app.add_option("--finetune-lr", finetune_lr, "peak learning rate of fine-tuning")->check(cl::real_in(detail::greater_than(0)));
+  app.add_option("--eps-points", eps_points, "test points for the eps rule")->check(cl::whole_number_at_least(1));
   app.add_option("--robust-points", robust_points, "test points for Table 1's robust accuracy")
-      ->check(CLI::PositiveNumber);
+      ->check(cl::whole_number_at_least(1));
   app.add_option("--ensemble-points", ensemble_points,
                  "test points (the first robust ones) for Table 1's APGD-ensemble column and the masking checks")
-      ->check(CLI::PositiveNumber);
+      ->check(cl::whole_number_at_least(1));
   app.add_option("--apgd-targets", apgd_targets, "APGD-T's target classes in the ensemble (AutoAttack: 9)")
-      ->check(CLI::Range(1, 9));
+      ->check(cl::whole_number_at_least(1));
   app.add_option("--clean-points", clean_points, "test points for clean accuracy (0: the whole test set)")
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--points", points_, "test points for Figure 1")->check(CLI::Range(2, 100000));
-  app.add_option("--profile-points", profile_points, "test points for Figure 2")->check(CLI::Range(2, 100000));
-  app.add_option("--curve-points", curve_points, "test points for Figure 3")->check(CLI::Range(2, 100000));
+      ->check(cl::whole_number_at_least(0));
+  app.add_option("--points", points_, "test points for Figure 1")->check(cl::whole_number_at_least(2));
+  app.add_option("--profile-points", profile_points, "test points for Figure 2")->check(cl::whole_number_at_least(2));
+  app.add_option("--curve-points", curve_points, "test points for Figure 3")->check(cl::whole_number_at_least(2));
   app.add_option("--linf-points", linf_points, "test points for Figures 4 and 5 (0: skip them)")
-      ->check(CLI::NonNegativeNumber);
+      ->check(cl::whole_number_at_least(0));
   app.add_option("--eps", eps, "training eps (l2, [0, 1] pixel units) instead of the rule's")
-      ->check(CLI::PositiveNumber);
+      ->check(cl::real_in(detail::greater_than(0)));
   app.add_option("--linf-eps", linf_eps, "reference linf eps ([0, 1] pixel units) instead of the rule's")
-      ->check(CLI::PositiveNumber);
-  app.add_option("--ddsnr-lambda", ddsnr_lambda, "data-dependent SNR lambda (Eq. 9)")->check(CLI::PositiveNumber);
+      ->check(cl::real_in(detail::greater_than(0)));
+  app.add_option("--ddsnr-lambda", ddsnr_lambda, "data-dependent SNR lambda (Eq. 9)")->check(cl::real_in(detail::greater_than(0)));
   app.add_option("--gsnr-lambda", gsnr_lambda, "global SNR lambda (default: swept to match adversarial accuracy)")
-      ->check(CLI::PositiveNumber);
+      ->check(cl::real_in(detail::greater_than(0)));
   app.add_option("--appendix", appendix, "also make Figures 4-5 (linf) and train global SNR with 10 iterations and "
                                          "adversarial with large alpha for Figures 6-8 (true in the full preset)");
 
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    const int code = app.exit(e);
-    return code == 0 ? 0 : 1;
+  if (const int code = cl::parse_or_exit_code(app, argc, argv); code >= 0) return code;
+  if (apgd_targets && *apgd_targets > 9) {
+    std::cerr << "reproduce: error: --apgd-targets: " << *apgd_targets
+              << " is more than the 9 other classes (see --help)\n";
+    return cl::exit_usage;
   }
 
   try {
@@ -856,7 +852,7 @@ int main(int argc, char** argv) {
 #endif
     std::string dir = s.data_dir;
     if (dir.empty()) {
-      if (s.dataset == "cifar10") throw std::runtime_error("--dataset cifar10 needs --data-dir");
+      if (s.dataset == "cifar10") throw cl::usage_error("--dataset cifar10 needs --data-dir");
       dir = "/usr/share/datasets/fashion-mnist";
     }
 
@@ -896,9 +892,12 @@ int main(int argc, char** argv) {
       const auto test = load_cifar10<T>(dir, split::test);
       run<cnn7<T>>(s, [](std::uint64_t seed) { return make_cnn7<T>(seed); }, train, test, results);
     }
-    return 0;
+    return cl::exit_success;
+  } catch (const cl::usage_error& e) {
+    std::cerr << "reproduce: error: " << e.what() << " (see --help)\n";
+    return cl::exit_usage;
   } catch (const std::exception& e) {
     std::cerr << "reproduce: error: " << e.what() << '\n';
-    return 1;
+    return cl::exit_failure;
   }
 }

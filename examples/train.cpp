@@ -5,6 +5,7 @@
 // The output folder receives
 //   log.csv            one row per epoch (losses, accuracies, learning rate, seconds)
 //   last.safetensors   a resumable checkpoint, rewritten after every epoch
+//                      (and every --checkpoint-every steps, if given)
 //   final.safetensors  the trained model alone (PyTorch state_dict layout)
 //
 // `train --resume out/last.safetensors` continues a run: options not given
@@ -57,7 +58,10 @@
 #include <opnorm/networks.hpp>
 #include <opnorm/train/train.hpp>
 
+#include "command_line.hpp"
+
 namespace fs = std::filesystem;
+namespace cl = opnorm::command_line;
 using namespace opnorm;
 
 namespace {
@@ -85,6 +89,7 @@ struct config {
   std::string resume;
   std::string init;         // start from this model checkpoint (fine-tuning)
   index_t progress_every = 50;
+  index_t checkpoint_every = 0;  // steps; 0: at the end of every epoch only
   // Robust training methods (eps in [0, 1] pixel units, l2).
   double eps = 0.875;        // the paper's 1.75 on [-1, 1] images
   double alpha = 0;         // adversarial: 0 means 2 eps / iterations
@@ -123,29 +128,21 @@ std::string number(double v) {
 }
 
 /// The settings that decide a run's trajectory. They are stored in every
-/// checkpoint as "config.<flag>" and compared or restored on --resume.
+/// checkpoint as "config.<flag>" and compared or restored on --resume;
+/// restored values go through the option's own command-line checks.
 struct setting {
   std::string flag;
   std::function<std::string()> get;
-  std::function<void(const std::string&)> set;
 };
 
 std::vector<setting> trajectory_settings(config& c) {
-  auto text = [](std::string& field) {
-    return setting{"", [&field] { return field; }, [&field](const std::string& v) { field = v; }};
-  };
-  auto integer = [](index_t& field) {
-    return setting{"", [&field] { return std::to_string(field); },
-                   [&field](const std::string& v) { field = std::stoll(v); }};
-  };
-  auto real = [](double& field) {
-    return setting{"", [&field] { return number(field); }, [&field](const std::string& v) { field = std::stod(v); }};
-  };
+  auto text = [](std::string& field) { return std::function<std::string()>([&field] { return field; }); };
+  auto integer = [](auto& field) { return std::function<std::string()>([&field] { return std::to_string(field); }); };
+  auto real = [](double& field) { return std::function<std::string()>([&field] { return number(field); }); };
   auto flag = [](bool& field) {
-    return setting{"", [&field] { return std::string(field ? "true" : "false"); },
-                   [&field](const std::string& v) { field = v == "true"; }};
+    return std::function<std::string()>([&field] { return std::string(field ? "true" : "false"); });
   };
-  std::vector<std::pair<std::string, setting>> named = {
+  return {
       {"--dataset", text(c.dataset)},         {"--method", text(c.method)},
       {"--optimizer", text(c.optimizer)},     {"--schedule", text(c.schedule)},
       {"--epochs", integer(c.epochs)},        {"--batch-size", integer(c.batch_size)},
@@ -155,20 +152,15 @@ std::vector<setting> trajectory_settings(config& c) {
       {"--gamma", real(c.gamma)},             {"--limit-train", integer(c.limit_train)},
       {"--augment", flag(c.augment)},
       {"--eps", real(c.eps)},                 {"--alpha", real(c.alpha)},
-      {"--iterations", setting{"", [&c] { return std::to_string(c.iterations); },
-                               [&c](const std::string& v) { c.iterations = std::stoi(v); }}},
+      {"--iterations", integer(c.iterations)},
       {"--lambda", real(c.lambda)},           {"--objective", text(c.objective)},
       {"--regularizer", text(c.regularizer)}, {"--batch-statistics", text(c.batch_statistics)},
-      {"--seed", setting{"", [&c] { return std::to_string(c.seed); },
-                         [&c](const std::string& v) { c.seed = std::stoull(v); }}},
+      {"--seed", integer(c.seed)},
   };
-  std::vector<setting> out;
-  for (auto& [name, s] : named) {
-    s.flag = name;
-    out.push_back(std::move(s));
-  }
-  return out;
 }
+
+/// --lambda's stored value when it was not given (the method's default).
+const std::string default_lambda = "-1";
 
 safetensors::metadata_map config_metadata(config& c) {
   safetensors::metadata_map m;
@@ -185,23 +177,38 @@ safetensors::metadata_map config_metadata(config& c) {
 /// run that wrote it. The one exception is --epochs, so that a run can be
 /// shortened or extended: that changes the schedule from here on, and the
 /// user is told so.
-void merge_resumed_config(config& c, const CLI::App& app, const safetensors::metadata_map& stored,
+void merge_resumed_config(config& c, CLI::App& app, const safetensors::metadata_map& stored,
                           const fs::path& path) {
+  // A value from the checkpoint is handed to the option as if it had been
+  // typed, so it passes the same checks and conversion as a typed one.
+  auto restore = [&](const std::string& flag, const std::string& value) {
+    CLI::Option* option = app.get_option(flag);
+    try {
+      option->add_result(value);
+      option->run_callback();
+    } catch (const CLI::Error& e) {
+      throw std::runtime_error("--resume: '" + path.string() + "' stores " + flag + " '" + value +
+                               "', which this program refuses (" + e.what() + "); the file is damaged or was "
+                               "written by another program");
+    }
+  };
   std::string conflicts;
   for (const auto& s : trajectory_settings(c)) {
     const auto found = stored.find("config." + s.flag);
     // Checkpoints written before --batch-statistics existed trained
     // data-dependent SNR with independent train-mode passes.
     if (found == stored.end() && s.flag == "--batch-statistics") {
-      if (app.count(s.flag) == 0) s.set("independent_batches");
+      if (app.count(s.flag) == 0) restore(s.flag, "independent_batches");
       continue;
     }
     if (found == stored.end())
       throw std::runtime_error("--resume: '" + path.string() + "' has no '" + s.flag +
                                "' setting; it was not written by this program");
-    if (app.count(s.flag) == 0)
-      s.set(found->second);
-    else if (s.get() == found->second)
+    if (app.count(s.flag) == 0) {
+      // The method's default lambda is stored as -1, which is not a value
+      // one can type: it stays the default.
+      if (!(s.flag == "--lambda" && found->second == default_lambda)) restore(s.flag, found->second);
+    } else if (s.get() == found->second)
       continue;
     else if (s.flag == "--epochs")
       std::cerr << "note: --epochs " << s.get() << " replaces the checkpoint's " << found->second
@@ -300,15 +307,22 @@ void train_model(Model& model, const char* model_name, config c, const dataset<f
 
       if (!c.resume.empty()) {
         const training_checkpoint restored = load_training_checkpoint(c.resume, model, method, optimizer);
-        if (restored.epochs_completed > c.epochs)
-          throw std::runtime_error("--epochs " + std::to_string(c.epochs) + ": the run in '" + c.resume +
-                                   "' has already completed " + std::to_string(restored.epochs_completed) +
-                                   " epochs");
+        const bool inside_epoch = restored.progress.steps_completed > 0;
+        if (restored.epochs_completed > c.epochs || (inside_epoch && restored.epochs_completed == c.epochs))
+          throw cl::usage_error("--epochs " + std::to_string(c.epochs) + ": the run in '" + c.resume +
+                                "' has already completed " + std::to_string(restored.epochs_completed) +
+                                " epochs" + (inside_epoch ? " and part of the next" : ""));
         options.start_epoch = restored.epochs_completed;
-        std::cerr << "resumed from " << c.resume << " after epoch " << restored.epochs_completed << '\n';
+        options.start_progress = restored.progress;
+        if (inside_epoch)
+          std::cerr << "resumed from " << c.resume << " at step " << restored.progress.steps_completed
+                    << " of epoch " << restored.epochs_completed + 1 << '\n';
+        else
+          std::cerr << "resumed from " << c.resume << " after epoch " << restored.epochs_completed << '\n';
       }
-      const fs::path out = c.out;
-      fs::create_directories(out);
+      // A run that fails before writing anything leaves no folder behind.
+      cl::output_folder folder(c.out);
+      const fs::path out = folder.path();
       const safetensors::metadata_map metadata = config_metadata(c);
       std::cerr << model_name << " on " << train.name << " (" << train.size() << " examples) and " << test.name
                 << " (" << test.size() << "), " << method.name << " training, " << optimizer.name << ", "
@@ -321,7 +335,7 @@ void train_model(Model& model, const char* model_name, config c, const dataset<f
       const auto start = std::chrono::steady_clock::now();
       const fit_result result =
           fit(model, method, optimizer, make_schedule(c), train, test, options, progress(std::cerr, c.progress_every),
-              csv_log(out / "log.csv"), checkpoint_each_epoch(out / "last.safetensors", metadata));
+              csv_log(out / "log.csv"), checkpoint_each_epoch(out / "last.safetensors", metadata, c.checkpoint_every));
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
       const evaluation final_test = evaluate(model, test);
@@ -331,6 +345,7 @@ void train_model(Model& model, const char* model_name, config c, const dataset<f
       final_metadata["test_accuracy"] = number(final_test.accuracy);
       final_metadata["test_loss"] = number(final_test.loss);
       save_checkpoint(model, out / "final.safetensors", final_metadata);
+      folder.keep();
       char line[160];
       std::snprintf(line, sizeof line, "test accuracy: %.2f%% (%lld of %lld), test loss %.4f, %.0f s of training\n",
                     100 * final_test.accuracy, static_cast<long long>(final_test.correct),
@@ -372,11 +387,7 @@ int main(int argc, char** argv) {
       "Writes log.csv, last.safetensors (resumable, after every epoch) and final.safetensors (the model) "
       "to the output folder.",
       "train"};
-  app.footer("Exit status: 0 on success, 1 on any error (the message says what went wrong).");
-  // A bad option is one line, like the program's other errors.
-  app.failure_message([](const CLI::App*, const CLI::Error& e) {
-    return std::string("train: error: ") + e.what() + " (see --help)\n";
-  });
+  cl::one_line_errors(app, "train");
   config c;
   app.add_option("--dataset", c.dataset, "fashion-mnist (network fmnist_cnn) or cifar10 (network cnn7)")
       ->check(CLI::IsMember({"fashion-mnist", "cifar10"}))
@@ -385,54 +396,68 @@ int main(int argc, char** argv) {
                  std::string("folder of the data set files (default for fashion-mnist: ") +
                      default_fashion_mnist_dir + "; cifar10 needs it: the cifar-10-batches-bin folder or its parent)");
   app.add_option("--method", c.method, "training method: standard, adversarial, global_snr or data_dependent_snr")
+      ->check(CLI::IsMember(method_names))
       ->capture_default_str();
   app.add_option("--eps", c.eps, "adversarial and data_dependent_snr: l2 radius in [0, 1] pixel units")
+      ->check(cl::real_in(detail::at_least(0)))
       ->capture_default_str();
-  app.add_option("--alpha", c.alpha, "adversarial: PGA step size (0: 2 eps / iterations)")->capture_default_str();
+  app.add_option("--alpha", c.alpha, "adversarial: PGA step size (0: 2 eps / iterations)")
+      ->check(cl::real_in(detail::at_least(0)))
+      ->capture_default_str();
   app.add_option("--iterations", c.iterations, "PGA or power iterations per step")
-      ->check(CLI::PositiveNumber)
+      ->check(cl::whole_number_at_least(1))
       ->capture_default_str();
   app.add_option("--lambda", c.lambda,
                  "regularization weight (default: adversarial 1, global_snr 3e-4, data_dependent_snr 0.03 in the "
-                 "sum_of_squares form and 0.03 eps^2 in the jacobian form, the same penalty to first order)");
+                 "sum_of_squares form and 0.03 eps^2 in the jacobian form, the same penalty to first order)")
+      ->check(cl::real_in(detail::at_least(0)));
   app.add_option("--objective", c.objective, "adversarial: eq10 (clean + lambda adversarial loss) or madry")
+      ->check(CLI::IsMember({"eq10", "madry"}))
       ->capture_default_str();
   app.add_option("--regularizer", c.regularizer,
                  "data_dependent_snr: sum_of_squares (Eq. 9) or jacobian (Eq. 8)")
+      ->check(CLI::IsMember({"sum_of_squares", "jacobian"}))
       ->capture_default_str();
   app.add_option("--batch-statistics", c.batch_statistics,
                  "data_dependent_snr, sum_of_squares form: the BatchNorm statistics of the penalty's passes: "
                  "clean_batch (the perturbed pass uses the clean batch's), independent_batches (each pass its own, "
                  "as the authors' code) or running (eval mode)")
+      ->check(CLI::IsMember({"clean_batch", "independent_batches", "running"}))
       ->capture_default_str();
   app.add_option("--init", c.init, "start from the model in this checkpoint (fine-tuning, as the paper does)");
   app.add_option("--optimizer", c.optimizer, "sgd or adam")->check(CLI::IsMember({"sgd", "adam"}))->capture_default_str();
   app.add_option("--schedule", c.schedule, "learning-rate schedule: cosine, step or constant")
       ->check(CLI::IsMember({"cosine", "step", "constant"}))
       ->capture_default_str();
-  app.add_option("--epochs", c.epochs, "epochs in total")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--batch-size", c.batch_size, "examples per step")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--lr", c.lr, "peak learning rate")->check(CLI::NonNegativeNumber)->capture_default_str();
-  app.add_option("--momentum", c.momentum, "SGD momentum, in [0, 1)")->check(CLI::Range(0.0, 1.0))->capture_default_str();
+  app.add_option("--epochs", c.epochs, "epochs in total")->check(cl::whole_number_at_least(1))->capture_default_str();
+  app.add_option("--batch-size", c.batch_size, "examples per step")
+      ->check(cl::whole_number_at_least(1))
+      ->capture_default_str();
+  app.add_option("--lr", c.lr, "peak learning rate")->check(cl::real_in(detail::at_least(0)))->capture_default_str();
+  app.add_option("--momentum", c.momentum, "SGD momentum, in [0, 1)")
+      ->check(cl::real_in(detail::half_open_interval(0, 1)))
+      ->capture_default_str();
   app.add_flag("--nesterov", c.nesterov, "Nesterov momentum (SGD)");
   app.add_option("--weight-decay", c.weight_decay, "coupled weight decay (added to the gradient, as in PyTorch)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(cl::real_in(detail::at_least(0)))
       ->capture_default_str();
   app.add_option("--warmup-epochs", c.warmup_epochs, "cosine schedule: epochs of linear warmup")
-      ->check(CLI::NonNegativeNumber)
+      ->check(cl::whole_number_at_least(0))
       ->capture_default_str();
   app.add_option("--step-epochs", c.step_epochs, "step schedule: multiply by --gamma every this many epochs (0: epochs/3)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(cl::whole_number_at_least(0))
       ->capture_default_str();
-  app.add_option("--gamma", c.gamma, "step schedule: the factor")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--gamma", c.gamma, "step schedule: the factor")
+      ->check(cl::real_in(detail::greater_than(0)))
+      ->capture_default_str();
   app.add_option("--seed", c.seed, "seeds the initialization, the data order and the augmentation")
       ->capture_default_str();
   app.add_option("--limit-train", c.limit_train, "train on the first N examples only (0: all)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(cl::whole_number_at_least(0))
       ->capture_default_str();
   app.add_flag("--augment", c.augment, "random crops (padding 4 on CIFAR-10, 2 on Fashion-MNIST) and flips");
   app.add_option("--threads", c.threads, "OpenMP threads (default: OMP_NUM_THREADS or all cores)")
-      ->check(CLI::PositiveNumber);
+      ->check(cl::whole_number_at_least(1));
   app.add_option("--out", c.out, "output folder")->capture_default_str();
   app.add_option("--resume", c.resume,
                  "continue the run saved in this checkpoint (a last.safetensors); other options default to the "
@@ -449,15 +474,15 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember(backend_names))
       ->capture_default_str();
   app.add_option("--progress-every", c.progress_every, "print a status line every N steps")
-      ->check(CLI::PositiveNumber)
+      ->check(cl::whole_number_at_least(1))
+      ->capture_default_str();
+  app.add_option("--checkpoint-every", c.checkpoint_every,
+                 "also write last.safetensors every N steps, so a crash loses at most N steps (0: at the end of "
+                 "every epoch only); a run resumed from it is bit-identical to an unbroken one")
+      ->check(cl::whole_number_at_least(0))
       ->capture_default_str();
 
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    const int code = app.exit(e);  // prints --help, or the error and a hint
-    return code == 0 ? 0 : 1;
-  }
+  if (const int code = cl::parse_or_exit_code(app, argc, argv); code >= 0) return code;
 
   try {
 #ifdef _OPENMP
@@ -465,25 +490,18 @@ int main(int argc, char** argv) {
 #endif
     if (!c.resume.empty()) merge_resumed_config(c, app, read_checkpoint_metadata(c.resume), c.resume);
     if (c.schedule == "cosine" && c.warmup_epochs >= c.epochs)
-      throw std::runtime_error("--warmup-epochs must be smaller than --epochs");
+      throw cl::usage_error("--warmup-epochs must be smaller than --epochs");
     if (c.optimizer == "adam" && app.count("--momentum") > 0)
-      throw std::runtime_error("--momentum applies to sgd; adam uses its betas (0.9, 0.999)");
-    if (c.optimizer == "adam" && c.nesterov) throw std::runtime_error("--nesterov applies to sgd only");
-    if (c.nesterov && c.momentum == 0) throw std::runtime_error("--nesterov needs --momentum > 0");
-    if (std::find(method_names.begin(), method_names.end(), c.method) == method_names.end())
-      throw std::runtime_error("unknown training method '" + c.method + "' (known: standard, adversarial, global_snr, data_dependent_snr)");
-    if (c.objective != "eq10" && c.objective != "madry") throw std::runtime_error("--objective must be eq10 or madry");
-    if (c.regularizer != "sum_of_squares" && c.regularizer != "jacobian")
-      throw std::runtime_error("--regularizer must be sum_of_squares or jacobian");
-    if (c.batch_statistics != "clean_batch" && c.batch_statistics != "independent_batches" &&
-        c.batch_statistics != "running")
-      throw std::runtime_error("--batch-statistics must be clean_batch, independent_batches or running");
-    if (!c.init.empty() && !c.resume.empty()) throw std::runtime_error("--init starts a new run and --resume continues one: give one of them");
+      throw cl::usage_error("--momentum applies to sgd; adam uses its betas (0.9, 0.999)");
+    if (c.optimizer == "adam" && c.nesterov) throw cl::usage_error("--nesterov applies to sgd only");
+    if (c.nesterov && c.momentum == 0) throw cl::usage_error("--nesterov needs --momentum > 0");
+    if (!c.init.empty() && !c.resume.empty())
+      throw cl::usage_error("--init starts a new run and --resume continues one: give one of them");
 
     std::string dir = c.data_dir;
     if (dir.empty()) {
       if (c.dataset == "cifar10")
-        throw std::runtime_error("--dataset cifar10 needs --data-dir (the cifar-10-batches-bin folder or its parent)");
+        throw cl::usage_error("--dataset cifar10 needs --data-dir (the cifar-10-batches-bin folder or its parent)");
       dir = default_fashion_mnist_dir;
     }
     // The one place a backend is chosen; everything below is generic.
@@ -496,9 +514,12 @@ int main(int argc, char** argv) {
     else if (c.backend == "cuda") train_on<backend::thrust_cuda>(c, dir);
 #endif
     else throw std::logic_error("--backend " + c.backend + " is accepted but not dispatched");
-    return 0;
+    return cl::exit_success;
+  } catch (const cl::usage_error& e) {
+    std::cerr << "train: error: " << e.what() << " (see --help)\n";
+    return cl::exit_usage;
   } catch (const std::exception& e) {
     std::cerr << "train: error: " << e.what() << '\n';
-    return 1;
+    return cl::exit_failure;
   }
 }

@@ -13,7 +13,12 @@ Checks, for the float and the double model:
   * names, shapes and dtypes equal the state_dict of the same nn.Sequential,
     which then loads the tensors with load_state_dict(strict=True);
   * that torch model computes the logits opnorm computed for the same input;
-  * an int64 scalar has the dtype and shape of BatchNorm's num_batches_tracked.
+  * an int64 scalar has the dtype and shape of BatchNorm's num_batches_tracked;
+  * every tensor's "opnorm.crc32.<name>" metadata string is the zlib CRC-32
+    of its bytes, computed here independently, and a flipped byte in a copy
+    of the checkpoint makes exactly that tensor's checksum disagree; the
+    checkpoint with its checksums is the one load_state_dict(strict=True)
+    loads above, so the checksums cost PyTorch nothing.
 Exits 0 on success, 1 on a failed check, 77 (ctest SKIP_RETURN_CODE) when
 torch cannot be imported.
 """
@@ -21,6 +26,7 @@ import json
 import os
 import struct
 import sys
+import zlib
 
 try:
     import torch
@@ -42,8 +48,18 @@ def fail(path, message):
     raise AssertionError(f"{path}: {message}")
 
 
+CRC_PREFIX = "opnorm.crc32."
+
+
+class CrcMismatch(AssertionError):
+    def __init__(self, path, name, stored, computed):
+        super().__init__(f"{path}: tensor {name}: stored CRC-32 {stored}, computed {computed}")
+        self.name = name
+
+
 def read_safetensors(path):
-    """Returns (metadata, {name: torch tensor}) after checking the layout."""
+    """Returns (metadata, {name: torch tensor}, [names whose CRC-32 was checked])
+    after checking the layout; the checksum keys are removed from metadata."""
     with open(path, "rb") as f:
         blob = f.read()
     if len(blob) < 8:
@@ -72,6 +88,7 @@ def read_safetensors(path):
         fail(path, f"tensors are stored in order {names}, the reference writer uses {expected_order}")
 
     tensors = {}
+    checksummed = []
     offset = 0
     for name in names:
         info = header[name]
@@ -87,17 +104,49 @@ def read_safetensors(path):
         offset = end
         flat = torch.frombuffer(bytearray(data[begin:end]), dtype=torch_dtype)
         tensors[name] = flat.reshape(info["shape"])
+        stored = (metadata or {}).pop(CRC_PREFIX + name, None)
+        if stored is not None:
+            computed = f"{zlib.crc32(data[begin:end]):08x}"
+            if stored != computed:
+                raise CrcMismatch(path, name, stored, computed)
+            checksummed.append(name)
     if offset != len(data):
         fail(path, f"tensors cover {offset} of {len(data)} data bytes")
-    return metadata, tensors
+    leftover = [k for k in (metadata or {}) if k.startswith(CRC_PREFIX)]
+    if leftover:
+        fail(path, f"checksums for tensors the file does not hold: {leftover}")
+    return metadata, tensors, checksummed
+
+
+def check_flipped_byte_is_caught(path, directory, name):
+    """A copy of the checkpoint with one bit of tensor `name` flipped must fail
+    that tensor's CRC-32 (and only that one) in this independent reader."""
+    with open(path, "rb") as f:
+        blob = bytearray(f.read())
+    (n,) = struct.unpack("<Q", blob[:8])
+    begin, end = json.loads(blob[8:8 + n].decode("utf-8"))[name]["data_offsets"]
+    blob[8 + n + (begin + end) // 2] ^= 0x10
+    flipped = os.path.join(directory, "flipped.safetensors")
+    with open(flipped, "wb") as f:
+        f.write(blob)
+    try:
+        read_safetensors(flipped)
+    except CrcMismatch as mismatch:
+        if mismatch.name != name:
+            fail(flipped, f"the flipped byte of {name} failed the checksum of {mismatch.name}")
+        return
+    fail(flipped, f"a flipped byte in {name} passed its CRC-32")
 
 
 def check_model(directory, suffix, torch_dtype, tolerance):
     path = os.path.join(directory, f"dense_relu_dense_{suffix}.safetensors")
-    metadata, state = read_safetensors(path)
+    metadata, state, checksummed = read_safetensors(path)
     want = {"epoch": "3", "method": "standard", "scalar": suffix, "format": "pt"}
     if metadata != want:
         fail(path, f"metadata {metadata}, expected {want}")
+    if sorted(checksummed) != sorted(state):
+        fail(path, f"CRC-32 checksums for {sorted(checksummed)}, but the file holds {sorted(state)}")
+    check_flipped_byte_is_caught(path, directory, "2.weight")
 
     model = torch.nn.Sequential(torch.nn.Linear(5, 7), torch.nn.ReLU(), torch.nn.Linear(7, 3)).to(torch_dtype)
     reference = model.state_dict()
@@ -110,7 +159,7 @@ def check_model(directory, suffix, torch_dtype, tolerance):
     model.load_state_dict(state, strict=True)
 
     probe_path = os.path.join(directory, f"probe_{suffix}.safetensors")
-    probe_metadata, probe = read_safetensors(probe_path)
+    probe_metadata, probe, _ = read_safetensors(probe_path)
     if probe_metadata != {"what": "input, logits, step"}:
         fail(probe_path, f"metadata {probe_metadata}")
     with torch.no_grad():
@@ -128,7 +177,7 @@ def check_model(directory, suffix, torch_dtype, tolerance):
     if step.dtype != counter.dtype or step.shape != counter.shape or step.item() != 2 ** 40:
         fail(probe_path, f"step is {step.dtype} {tuple(step.shape)} = {step.item()}, "
                          f"num_batches_tracked is {counter.dtype} {tuple(counter.shape)}")
-    print(f"{suffix}: names, shapes, dtypes, layout and metadata match PyTorch; "
+    print(f"{suffix}: names, shapes, dtypes, layout, metadata and CRC-32 checksums match PyTorch; "
           f"logits agree to {error:.1e}")
 
 

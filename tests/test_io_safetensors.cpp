@@ -3,10 +3,12 @@
 // malformed files, and atomic writes.
 #include <doctest/doctest.h>
 
+#include <cmath>
 #include <csignal>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <random>
 #include <string>
 #include <vector>
@@ -86,7 +88,7 @@ std::vector<std::string> listing(const fs::path& dir) {
 
 bool any_temporary(const fs::path& dir) {
   for (const auto& name : listing(dir))
-    if (name.find(".tmp-") != std::string::npos) return true;
+    if (name.size() >= 4 && name.compare(name.size() - 4, 4, ".tmp") == 0) return true;
   return false;
 }
 
@@ -388,7 +390,7 @@ TEST_CASE("a checkpoint of another architecture is refused, naming file, tensor 
   auto model = make_mlp<float>(5, 7, 3);
   const auto before = state_bytes(model);
   CHECK_THROWS_WITH_AS(load_checkpoint(model, file),
-                       contains("'" + file.string() + "' does not match the model"), checkpoint_error);
+                       contains("'" + file.string() + "' cannot be loaded into the model"), checkpoint_error);
   CHECK_THROWS_WITH_AS(load_checkpoint(model, file),
                        doctest::Contains("tensor '0.weight' has shape (8, 5) in the file, but the model expects (7, 5)"),
                        checkpoint_error);
@@ -706,4 +708,147 @@ TEST_CASE("a save that cannot complete leaves the destination untouched and no t
     CHECK(listing(dir.path) == std::vector<std::string>{"ckpt.safetensors"});
   }
 #endif
+}
+
+// ---------------------------------------------------------------------------
+// Checksums, non-finite values and what a crash leaves behind.
+
+namespace {
+
+/// The data section's offset of a file written by save_checkpoint, and the
+/// [begin, end) of one tensor's bytes in the file, read from its header.
+std::pair<std::size_t, std::size_t> tensor_bytes_in_file(const std::string& bytes, const std::string& name) {
+  std::uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= static_cast<std::uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
+  const auto header = nlohmann::json::parse(bytes.substr(8, n));
+  const auto offsets = header.at(name).at("data_offsets");
+  return {8 + n + offsets[0].get<std::size_t>(), 8 + n + offsets[1].get<std::size_t>()};
+}
+
+}  // namespace
+
+TEST_CASE("a flipped data byte in a checkpoint is refused by its CRC-32, naming the file and the tensor") {
+  scratch_dir dir;
+  const fs::path file = dir / "ckpt.safetensors";
+  auto model = make_mlp<float>(5, 7, 3);
+  model.initialize(3);
+  save_checkpoint(model, file, {{"epoch", "1"}});
+  const std::string good = read_bytes(file);
+  // The checksums travel as metadata strings, 8 hex digits per tensor.
+  {
+    std::uint64_t n = 0;
+    for (int i = 0; i < 8; ++i) n |= static_cast<std::uint64_t>(static_cast<unsigned char>(good[i])) << (8 * i);
+    const auto metadata = nlohmann::json::parse(good.substr(8, n)).at("__metadata__");
+    REQUIRE(metadata.contains("opnorm.crc32.2.weight"));
+    CHECK(metadata.at("opnorm.crc32.2.weight").get<std::string>().size() == 8);
+    // ... but they are not part of what the caller reads back.
+    CHECK(read_checkpoint_metadata(file) == st::metadata_map{{"epoch", "1"}, {"format", "pt"}});
+  }
+  for (const std::string name : {"0.weight", "0.bias", "2.weight"}) {
+    const auto [begin, end] = tensor_bytes_in_file(good, name);
+    for (std::size_t at : {begin, (begin + end) / 2, end - 1}) {
+      std::string bad = good;
+      bad[at] = static_cast<char>(bad[at] ^ 0x10);  // one bit of one byte
+      write_bytes(file, bad);
+      auto target = make_mlp<float>(5, 7, 3);
+      const auto before = state_bytes(target);
+      CAPTURE(name);
+      CAPTURE(at);
+      CHECK_THROWS_WITH_AS(load_checkpoint(target, file),
+                           contains("'" + file.string() + "': tensor '" + name + "' fails its CRC-32 check"),
+                           checkpoint_error);
+      CHECK(state_bytes(target) == before);
+      CHECK_THROWS_WITH_AS(st::read(file), doctest::Contains("fails its CRC-32 check"), checkpoint_error);
+    }
+  }
+  // The intact file loads and round-trips.
+  write_bytes(file, good);
+  auto loaded = make_mlp<float>(5, 7, 3);
+  load_checkpoint(loaded, file);
+  CHECK(state_bytes(loaded) == state_bytes(model));
+}
+
+TEST_CASE("files without checksums (as PyTorch writes them) load; a file with only some is refused") {
+  scratch_dir dir;
+  const fs::path file = dir / "plain.safetensors";
+  auto model = make_mlp<float>(5, 7, 3);
+  model.initialize(4);
+  st::tensor_map entries;
+  for (const auto& p : model.state().parameters) entries.emplace(p.name, st::to_entry(*p.value));
+  st::write(file, entries, {{"format", "pt"}});  // checksums::none: the reference writer's bytes
+  auto loaded = make_mlp<float>(5, 7, 3);
+  load_checkpoint(loaded, file);
+  CHECK(state_bytes(loaded) == state_bytes(model));
+
+  // A checksum for one tensor only: the header was edited or damaged.
+  st::metadata_map partial{{"format", "pt"}};
+  st::write(file, entries, partial, st::checksums::crc32);
+  auto with_all = st::read(file);  // valid: every tensor has one
+  CHECK(with_all.metadata == partial);
+  const std::string bytes = read_bytes(file);
+  std::uint64_t n = 0;
+  for (int i = 0; i < 8; ++i) n |= static_cast<std::uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
+  auto header = nlohmann::json::parse(bytes.substr(8, n));
+  header["__metadata__"].erase("opnorm.crc32.0.bias");
+  std::string text = header.dump();
+  text.append((8 - text.size() % 8) % 8, ' ');
+  write_bytes(file, u64_le(text.size()) + text + bytes.substr(8 + n));
+  CHECK_THROWS_WITH_AS(st::read(file),
+                       doctest::Contains("tensor '0.bias' has no CRC-32 while the file's other tensors have one"),
+                       checkpoint_error);
+
+  // Callers cannot forge the reserved keys.
+  CHECK_THROWS_WITH_AS(st::write(file, entries, {{"opnorm.crc32.0.bias", "00000000"}}),
+                       doctest::Contains("metadata key 'opnorm.crc32.0.bias' is reserved for checksums"),
+                       checkpoint_error);
+}
+
+TEST_CASE("a checkpoint holding NaN or infinity is refused naming the tensor and the first bad index") {
+  scratch_dir dir;
+  const fs::path file = dir / "nan.safetensors";
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                    -std::numeric_limits<float>::infinity()}) {
+    auto model = make_mlp<float>(5, 7, 3);
+    model.initialize(6);
+    // Index 9 of 2.weight (shape (3, 7)), and a later one that must not be
+    // the one reported.
+    model.layer<2>().weight()[9] = bad;
+    model.layer<2>().weight()[15] = bad;
+    save_checkpoint(model, file);  // writing is allowed: the checksum then matches the data
+    auto target = make_mlp<float>(5, 7, 3);
+    const auto before = state_bytes(target);
+    const std::string what = std::isnan(bad) ? "nan" : bad > 0 ? "inf" : "-inf";
+    CHECK_THROWS_WITH_AS(load_checkpoint(target, file),
+                         contains("tensor '2.weight' holds " + what + " at index 9 of shape (3, 7)"),
+                         checkpoint_error);
+    CHECK(state_bytes(target) == before);
+  }
+  // A buffer too (BatchNorm's running variance in fmnist_cnn is one).
+  auto stats = make_mlp_with_stats<float>();
+  auto state = stats.state();
+  REQUIRE(!state.buffers.empty());
+  (*state.buffers.front().value)[0] = std::numeric_limits<float>::quiet_NaN();
+  save_checkpoint(stats, file);
+  auto fresh = make_mlp_with_stats<float>();
+  CHECK_THROWS_WITH_AS(load_checkpoint(fresh, file),
+                       contains("tensor '" + state.buffers.front().name + "' holds nan at index 0"),
+                       checkpoint_error);
+}
+
+TEST_CASE("a temporary file left by a crash is reused and removed by the next save of the same file") {
+  scratch_dir dir;
+  const fs::path file = dir / "last.safetensors";
+  auto model = make_mlp<float>(5, 7, 3);
+  model.initialize(7);
+  save_checkpoint(model, file, {{"epoch", "1"}});
+  // What a process killed in the middle of write_file_atomically leaves:
+  // the fixed temporary name, half written.
+  CHECK(temporary_file_for(file) == dir / "last.safetensors.tmp");
+  write_bytes(temporary_file_for(file), std::string(1000, 'x'));
+  CHECK(listing(dir.path) == std::vector<std::string>{"last.safetensors", "last.safetensors.tmp"});
+  // The old checkpoint is intact, and the next save takes the leftover over.
+  CHECK(read_checkpoint_metadata(file).at("epoch") == "1");
+  save_checkpoint(model, file, {{"epoch", "2"}});
+  CHECK(listing(dir.path) == std::vector<std::string>{"last.safetensors"});
+  CHECK(read_checkpoint_metadata(file).at("epoch") == "2");
 }

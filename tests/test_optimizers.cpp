@@ -1,5 +1,6 @@
 // Optimizers and schedules against steps computed by hand and by
 // torch.optim 1.13 in float64 (same three gradients, same start point).
+#include <limits>
 #include <doctest/doctest.h>
 
 #include <cmath>
@@ -196,18 +197,46 @@ TEST_CASE("optimizers run in float") {
   CHECK(net.layer<0>().weight()[0] == doctest::Approx(before - 1e-3f).epsilon(1e-4));
 }
 
-TEST_CASE("optimizer options are validated") {
+TEST_CASE("optimizer options are validated, and NaN or infinity is refused by name") {
   one_parameter<> p;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const double inf = std::numeric_limits<double>::infinity();
   CHECK_THROWS_WITH_AS(sgd<double>(p.state(), {0.1, 1.0, 0.0, false}),
-                       "opnorm::sgd: momentum must lie in [0, 1)", std::invalid_argument);
+                       "opnorm::sgd: momentum is 1; it must be a finite number in [0, 1)", std::invalid_argument);
   CHECK_THROWS_WITH_AS(sgd<double>(p.state(), {0.1, 0.0, 0.0, true}),
                        "opnorm::sgd: Nesterov momentum needs momentum > 0", std::invalid_argument);
   CHECK_THROWS_WITH_AS(sgd<double>(p.state(), {-1.0, 0.0, 0.0, false}),
-                       "opnorm::sgd: learning rate must be >= 0", std::invalid_argument);
+                       "opnorm::sgd: learning_rate is -1; it must be a finite number >= 0", std::invalid_argument);
+  CHECK_THROWS_WITH_AS(sgd<double>(p.state(), {nan, 0.0, 0.0, false}),
+                       "opnorm::sgd: learning_rate is nan; it must be a finite number >= 0", std::invalid_argument);
+  CHECK_THROWS_WITH_AS(sgd<double>(p.state(), {0.1, nan, 0.0, false}),
+                       "opnorm::sgd: momentum is nan; it must be a finite number in [0, 1)", std::invalid_argument);
+  CHECK_THROWS_WITH_AS(sgd<double>(p.state(), {0.1, 0.0, inf, false}),
+                       "opnorm::sgd: weight_decay is inf; it must be a finite number >= 0", std::invalid_argument);
   CHECK_THROWS_WITH_AS(adam<double>(p.state(), adam_options{0.1, 0.9, 0.999, 0.0, 0.0}),
-                       "opnorm::adam: epsilon must be > 0", std::invalid_argument);
+                       "opnorm::adam: epsilon is 0; it must be a finite number > 0", std::invalid_argument);
   CHECK_THROWS_WITH_AS(adam<double>(p.state(), adam_options{0.1, 1.0, 0.999, 1e-8, 0.0}),
-                       "opnorm::adam: beta1 must lie in [0, 1)", std::invalid_argument);
+                       "opnorm::adam: beta1 is 1; it must be a finite number in [0, 1)", std::invalid_argument);
+  CHECK_THROWS_WITH_AS(adam<double>(p.state(), adam_options{0.1, 0.9, nan, 1e-8, 0.0}),
+                       "opnorm::adam: beta2 is nan; it must be a finite number in [0, 1)", std::invalid_argument);
+  CHECK_THROWS_WITH_AS(adam<double>(p.state(), adam_options{inf, 0.9, 0.999, 1e-8, 0.0}),
+                       "opnorm::adam: learning_rate is inf; it must be a finite number >= 0", std::invalid_argument);
+}
+
+TEST_CASE("schedules refuse NaN, infinity and out-of-range settings by name") {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  CHECK_THROWS_WITH_AS((constant_schedule(nan)), "opnorm::constant_schedule: learning_rate is nan; it must be a finite number >= 0",
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(step_decay_schedule(0.1, 2, nan),
+                       "opnorm::step_decay_schedule: gamma is nan; it must be a finite number > 0", std::invalid_argument);
+  CHECK_THROWS_WITH_AS(step_decay_schedule(0.1, 0, 0.5),
+                       "opnorm::step_decay_schedule: step_epochs is 0; it must be at least 1", std::invalid_argument);
+  CHECK_THROWS_WITH_AS(cosine_schedule(std::numeric_limits<double>::infinity(), 4),
+                       "opnorm::cosine_schedule: learning_rate is inf; it must be a finite number >= 0",
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(cosine_schedule(0.1, 4, 0, 0.2),
+                       "opnorm::cosine_schedule: min_learning_rate is 0.2; it must be a finite number in [0, 0.1]",
+                       std::invalid_argument);
 }
 
 TEST_CASE("constant and step-decay schedules") {

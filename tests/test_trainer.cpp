@@ -294,6 +294,97 @@ TEST_CASE("resuming from the checkpoint after epoch 1 is bit-identical to an unb
   }
 }
 
+namespace {
+// Simulates a crash: throws from on_step_end after the given step of the
+// run (counted across epochs, from 1), after the callbacks before it ran.
+struct crash_after_step {
+  index_t run_step;
+  struct crashed {};
+  void on_step_end(const step_report& s) {
+    if (s.epoch * s.steps_per_epoch + s.step + 1 == run_step) throw crashed{};
+  }
+};
+}  // namespace
+
+TEST_CASE("resuming from a checkpoint written every 3 steps, inside an epoch, is bit-identical to an unbroken run, "
+          "epoch report included") {
+  const auto train = synthetic<float>(200, 6), test = synthetic<float>(60, 7);  // 7 steps of 32 per epoch
+  const fs::path dir = scratch_folder("resume_inside_epoch");
+  const fs::path checkpoint = dir / "last.safetensors";
+
+  auto check_resume = [&](auto make_method, auto make_optimizer) {
+    fit_options o = small_options(2, 33);
+    o.augmentation = pad_crop_flip(1);  // the resumed epoch must draw the same crops for its remaining batches
+    const cosine_schedule schedule(0.05, 2, 1);
+
+    auto unbroken = make_conv_net<float>(8);
+    auto m1 = make_method(unbroken);
+    auto opt1 = make_optimizer(unbroken);
+    const fit_result whole = fit(unbroken, m1, opt1, schedule, train, test, o);
+    REQUIRE(whole.history.size() == 2);
+
+    // The crash comes after run step 11 (epoch 2, step 4); the last
+    // checkpoint was written after run step 9 (epoch 2, step 2).
+    auto crashed = make_conv_net<float>(8);
+    auto m2 = make_method(crashed);
+    auto opt2 = make_optimizer(crashed);
+    CHECK_THROWS_AS(fit(crashed, m2, opt2, schedule, train, test, o, checkpoint_each_epoch(checkpoint, {}, 3),
+                        crash_after_step{11}),
+                    crash_after_step::crashed);
+
+    auto resumed = make_conv_net<float>(999);
+    auto m3 = make_method(resumed);
+    auto opt3 = make_optimizer(resumed);
+    const training_checkpoint info = load_training_checkpoint(checkpoint, resumed, m3, opt3);
+    CHECK(info.epochs_completed == 1);
+    CHECK(info.progress.steps_completed == 2);
+    CHECK(info.progress.examples == 64);
+    CHECK(opt3.steps() == 9);
+    fit_options ro = o;
+    ro.start_epoch = info.epochs_completed;
+    ro.start_progress = info.progress;
+    const fit_result rest = fit(resumed, m3, opt3, schedule, train, test, ro);
+    REQUIRE(rest.history.size() == 1);
+
+    const auto a = state_bytes(unbroken), b = state_bytes(resumed);
+    REQUIRE(a.size() == b.size());
+    CHECK(std::memcmp(a.data(), b.data(), a.size()) == 0);
+    const auto oa = optimizer_bytes(opt1), ob = optimizer_bytes(opt3);
+    REQUIRE(oa.size() == ob.size());
+    CHECK(std::memcmp(oa.data(), ob.data(), oa.size()) == 0);
+    CHECK(method_counters(m3) == method_counters(m1));
+    // The epoch's report covers all of its batches, as in the unbroken run.
+    CHECK(rest.history[0].train_loss == whole.history[1].train_loss);
+    CHECK(rest.history[0].train_accuracy == whole.history[1].train_accuracy);
+    CHECK(rest.history[0].train_examples == whole.history[1].train_examples);
+    CHECK(rest.history[0].learning_rate == whole.history[1].learning_rate);
+    CHECK(rest.history[0].test_loss == whole.history[1].test_loss);
+  };
+  auto sgd_momentum = [](auto& model) { return sgd(model, sgd_options{0.05, 0.9, 5e-4, false}); };
+  SUBCASE("standard, adam") {
+    check_resume([](auto&) { return standard{}; },
+                 [](auto& model) { return adam(model, adam_options{1e-3, 0.9, 0.999, 1e-8, 1e-4}); });
+  }
+  SUBCASE("adversarial (the batch counter that seeds random starts is restored mid-epoch)") {
+    check_resume([](auto&) { return small_adversarial(); }, sgd_momentum);
+  }
+}
+
+TEST_CASE("fit refuses an inconsistent start_progress") {
+  const auto train = synthetic<float>(64, 1), test = synthetic<float>(10, 2);
+  auto model = make_conv_net<float>(1);
+  standard method;
+  sgd optimizer(model, sgd_options{0.05, 0.9, 0, false});
+  fit_options o = small_options(2);
+  o.start_progress = {3, 1.0, 40, 32};  // more correct than examples
+  CHECK_THROWS_WITH_AS(fit(model, method, optimizer, constant_schedule(0.05), train, test, o),
+                       doctest::Contains("start_progress (3 steps, 40 of 32 correct) is inconsistent"),
+                       std::invalid_argument);
+  o.start_progress = {3, 1.0, 20, 96};  // 64 examples make 2 steps per epoch
+  CHECK_THROWS_WITH_AS(fit(model, method, optimizer, constant_schedule(0.05), train, test, o),
+                       "opnorm::fit: start_progress has 3 steps completed, but an epoch has 2", std::invalid_argument);
+}
+
 TEST_CASE("a checkpoint without the method's step counter is refused, and changes nothing") {
   const auto train = synthetic<float>(64, 9);
   const fs::path dir = scratch_folder("no_counter");

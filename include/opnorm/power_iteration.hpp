@@ -24,6 +24,7 @@
 // statistics and nothing in the model changes.
 #include <type_traits>
 
+#include "detail/options.hpp"
 #include "mode.hpp"
 #include "norms.hpp"
 #include "operators.hpp"
@@ -88,7 +89,10 @@ class power_iteration {
     using T = typename Model::scalar;
     using B = typename Model::backend_type;
 
-    if (options.iterations < 1) throw std::invalid_argument("opnorm::power_iteration: iterations must be at least 1");
+    detail::require_count(options.iterations, "power_iteration", "iterations", 1);
+    detail::require_real(static_cast<double>(options.eps), "power_iteration", "eps", detail::at_least(0));
+    detail::require_real(static_cast<double>(options.alpha), "power_iteration", "alpha", detail::at_least(0));
+    detail::require_box(options.clip_to_box, options.box_min, options.box_max, "power_iteration");
     if (v0)
       assign(*v0, ws.v);
     else

@@ -201,11 +201,12 @@ class apgd {
   static constexpr double momentum = 0.75;
 
   apgd(Model& model, apgd_options<T> options) : model_(model), options_(options) {
-    if (!(options_.eps >= T(0))) throw std::invalid_argument("opnorm::apgd: eps must be non-negative");
-    if (options_.iterations < 1 || options_.restarts < 1)
-      throw std::invalid_argument("opnorm::apgd: iterations and restarts must be at least 1");
-    if (!(options_.rho > T(0) && options_.rho <= T(1))) throw std::invalid_argument("opnorm::apgd: rho must lie in (0, 1]");
-    if (options_.target_classes < 1) throw std::invalid_argument("opnorm::apgd: target_classes must be at least 1");
+    detail::require_real(static_cast<double>(options_.eps), "apgd", "eps", detail::at_least(0));
+    detail::require_count(options_.iterations, "apgd", "iterations", 1);
+    detail::require_count(options_.restarts, "apgd", "restarts", 1);
+    detail::require_real(static_cast<double>(options_.rho), "apgd", "rho", detail::open_closed_interval(0, 1));
+    detail::require_count(options_.target_classes, "apgd", "target_classes", 1);
+    detail::require_box(options_.clip_to_box, options_.box_min, options_.box_max, "apgd");
   }
 
   const apgd_options<T>& options() const { return options_; }

@@ -59,9 +59,13 @@ class pga {
   using kernel = power_iteration<jacobian_operator<loss_gradient<Loss>>, Norm, projected_step>;
 
   pga(Model& model, attack_options<T> options) : model_(model), options_(options) {
-    if (options_.eps < T(0)) throw std::invalid_argument("opnorm::pga: eps must be non-negative");
-    if (options_.iterations < 1 || options_.restarts < 1)
-      throw std::invalid_argument("opnorm::pga: iterations and restarts must be at least 1");
+    // NaN must not pass: a NaN radius makes every projection a no-op, and
+    // the "robust accuracy" that follows is the clean one.
+    detail::require_real(static_cast<double>(options_.eps), "pga", "eps", detail::at_least(0));
+    detail::require_real(static_cast<double>(options_.alpha), "pga", "alpha", detail::at_least(0));  // 0: 2 eps / iterations
+    detail::require_count(options_.iterations, "pga", "iterations", 1);
+    detail::require_count(options_.restarts, "pga", "restarts", 1);
+    detail::require_box(options_.clip_to_box, options_.box_min, options_.box_max, "pga");
   }
 
   const attack_options<T>& options() const { return options_; }

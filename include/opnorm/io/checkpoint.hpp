@@ -50,7 +50,7 @@ void save_checkpoint(Model& model, const std::filesystem::path& path,
   for (const auto& [name, e] : extra) add(name, e, "extra tensor");
   safetensors::metadata_map header_metadata = metadata;
   header_metadata.emplace("format", "pt");  // keeps a caller's own "format"
-  safetensors::write(path, entries, header_metadata);
+  safetensors::write(path, entries, header_metadata, safetensors::checksums::crc32);
 }
 
 /// Loads a checkpoint written by save_checkpoint (or from a PyTorch
@@ -97,7 +97,13 @@ safetensors::metadata_map load_checkpoint(Model& model, const std::filesystem::p
                          " in the file, but the model expects " + shape_string(t.value->shape()));
       return;
     }
-    staged_tensors.push_back({t.value, safetensors::decode<T>(e, "tensor '" + t.name + "'")});
+    std::vector<T> values = safetensors::decode<T>(e, "tensor '" + t.name + "'");
+    const std::string non_finite = safetensors::first_non_finite(values, e.shape);
+    if (!non_finite.empty()) {
+      problems.push_back("tensor '" + t.name + "' " + non_finite);
+      return;
+    }
+    staged_tensors.push_back({t.value, std::move(values)});
   };
   for (const auto& p : state.parameters) stage_tensor(p);
   for (const auto& b : state.buffers) stage_tensor(b);
@@ -126,7 +132,7 @@ safetensors::metadata_map load_checkpoint(Model& model, const std::filesystem::p
 
   if (!problems.empty()) {
     std::string message = "opnorm::load_checkpoint: " + safetensors::detail::quoted(path) +
-                          " does not match the model, which was left unchanged: ";
+                          " cannot be loaded into the model, which was left unchanged: ";
     for (std::size_t i = 0; i < problems.size(); ++i) message += (i ? "; " : "") + problems[i];
     throw checkpoint_error(message);
   }

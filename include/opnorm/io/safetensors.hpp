@@ -19,11 +19,22 @@
 // key order) and refuses everything else with a checkpoint_error naming the
 // file and the problem, before any tensor data is handed out.
 //
+// Checksums: safetensors itself has none, so a flipped bit in tensor data
+// would load silently. write(..., checksums::crc32) stores each tensor's
+// CRC-32 (zlib's, the one of gzip and PNG) as the metadata string
+//   "opnorm.crc32.<tensor name>": 8 lowercase hex digits
+// which every safetensors reader, PyTorch's included, carries along as
+// free-form metadata. read() verifies every such checksum and refuses a
+// mismatch naming the tensor; files without them (PyTorch's) load as before.
+// The checksum keys are the format's business: read() and read_metadata()
+// do not hand them out with the caller's metadata.
+//
 // Everything here works on host copies (entry holds raw bytes), so tensors of
 // any backend are saved through tensor::to_vector and restored through
 // backend::copy_from_host.
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -31,7 +42,6 @@
 #include <fstream>
 #include <limits>
 #include <map>
-#include <random>
 #include <set>
 #include <stdexcept>
 #include <string>
@@ -40,13 +50,11 @@
 #include <utility>
 #include <vector>
 
-#if defined(__unix__) || defined(__APPLE__)
-#include <unistd.h>  // fsync
-#endif
-
 #include <nlohmann/json.hpp>
+#include <zlib.h>
 
 #include "../tensor.hpp"
+#include "atomic_file.hpp"
 
 #if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__)
 static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
@@ -138,6 +146,47 @@ struct contents {
 /// corrupt); we refuse the same files, and never allocate for a bogus length.
 inline constexpr std::uint64_t max_header_size = 100'000'000;
 
+/// Whether write() stores a CRC-32 of every tensor in the metadata.
+enum class checksums { none, crc32 };
+
+/// The metadata key prefix of the stored checksums.
+inline constexpr const char* crc32_key_prefix = "opnorm.crc32.";
+
+/// zlib's CRC-32 of bytes (fed in chunks, since zlib counts in uInt).
+inline std::uint32_t crc32_of(const std::vector<unsigned char>& bytes) {
+  uLong crc = ::crc32(0L, Z_NULL, 0);
+  const unsigned char* p = bytes.data();
+  std::size_t left = bytes.size();
+  while (left > 0) {
+    const uInt chunk = static_cast<uInt>(std::min<std::size_t>(left, 1u << 30));
+    crc = ::crc32(crc, p, chunk);
+    p += chunk;
+    left -= chunk;
+  }
+  return static_cast<std::uint32_t>(crc);
+}
+
+inline std::string crc32_text(std::uint32_t crc) {
+  char hex[9];
+  std::snprintf(hex, sizeof hex, "%08x", static_cast<unsigned>(crc));
+  return hex;
+}
+
+/// The first element of values that is NaN or infinite, described as
+/// "holds nan at index 3 of shape [2, 4]"; empty when all are finite.
+/// Loaders refuse such tensors: a NaN weight does not always surface in the
+/// outputs (a max or an argmax can step over it) and would be trained on.
+template <class T>
+std::string first_non_finite(const std::vector<T>& values, const shape_t& shape) {
+  if constexpr (std::is_floating_point_v<T>) {
+    for (std::size_t i = 0; i < values.size(); ++i)
+      if (!std::isfinite(values[i]))
+        return std::string("holds ") + (std::isnan(values[i]) ? "nan" : values[i] > 0 ? "inf" : "-inf") +
+               " at index " + std::to_string(i) + " of shape " + shape_string(shape);
+  }
+  return {};
+}
+
 // ---------------------------------------------------------------------------
 // Conversions between tensors and entries.
 
@@ -215,6 +264,13 @@ namespace detail {
 
 inline std::string quoted(const std::filesystem::path& p) { return "'" + p.string() + "'"; }
 
+/// Removes the checksum keys from metadata.
+inline void strip_checksums(metadata_map& metadata) {
+  const std::string prefix = crc32_key_prefix;
+  auto it = metadata.lower_bound(prefix);
+  while (it != metadata.end() && it->first.compare(0, prefix.size(), prefix) == 0) it = metadata.erase(it);
+}
+
 inline std::string file_error(const std::filesystem::path& p, const std::string& problem) {
   return "opnorm::safetensors: " + quoted(p) + ": " + problem;
 }
@@ -290,59 +346,13 @@ inline std::string header_bytes(const std::vector<const tensor_map::value_type*>
   return out + json;
 }
 
-/// A name beside path that no other writer uses: path + ".tmp-" + 16 hex digits.
-inline std::filesystem::path temporary_sibling(const std::filesystem::path& path) {
-  std::random_device rd;
-  const std::uint64_t r = (static_cast<std::uint64_t>(rd()) << 32) ^ rd();
-  char hex[17];
-  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(r));
-  std::filesystem::path tmp = path;
-  tmp += ".tmp-";
-  tmp += hex;
-  return tmp;
-}
-
-struct byte_range {
-  const void* data;
-  std::size_t size;
-};
-
-/// Writes the pieces, in order, to path so that path either keeps its old
-/// contents or holds all of the new ones, never a torn file: the bytes go to a
-/// temporary file in the same directory (same file system, so the rename is
-/// atomic), which is flushed, synced and closed with every status checked
-/// before it is renamed over path. On any failure the temporary file is
-/// removed and checkpoint_error is thrown.
+/// Writes the pieces atomically (io/atomic_file.hpp) as a checkpoint_error
+/// on failure, like every other error of this file.
 inline void write_atomically(const std::filesystem::path& path, const std::vector<byte_range>& pieces) {
-  const std::filesystem::path tmp = temporary_sibling(path);
-  // "x": exclusive creation, so an unlucky name clash fails instead of
-  // clobbering someone else's file.
-  std::FILE* f = std::fopen(tmp.string().c_str(), "wbx");
-  if (!f)
-    throw checkpoint_error(file_error(path, "cannot create the temporary file " + quoted(tmp) + ": " +
-                                                std::strerror(errno)));
-  std::string failure;
-  for (const auto& piece : pieces)
-    if (piece.size && std::fwrite(piece.data, 1, piece.size, f) != piece.size) {
-      failure = std::string("writing failed: ") + std::strerror(errno);
-      break;
-    }
-  if (failure.empty() && std::fflush(f) != 0) failure = std::string("flushing failed: ") + std::strerror(errno);
-#if defined(__unix__) || defined(__APPLE__)
-  // Without fsync a crash shortly after the rename can leave an empty file
-  // under the new name on some file systems.
-  if (failure.empty() && ::fsync(fileno(f)) != 0) failure = std::string("fsync failed: ") + std::strerror(errno);
-#endif
-  if (std::fclose(f) != 0 && failure.empty()) failure = std::string("closing failed: ") + std::strerror(errno);
-  std::error_code ec;
-  if (failure.empty()) {
-    std::filesystem::rename(tmp, path, ec);
-    if (ec) failure = "cannot rename " + quoted(tmp) + " over it: " + ec.message();
-  }
-  if (!failure.empty()) {
-    std::error_code ignored;
-    std::filesystem::remove(tmp, ignored);
-    throw checkpoint_error(file_error(path, failure + " (the destination was not changed)"));
+  try {
+    write_file_atomically(path, pieces);
+  } catch (const file_write_error& e) {
+    throw checkpoint_error(std::string("opnorm::safetensors: ") + e.what());
   }
 }
 
@@ -470,6 +480,34 @@ inline parsed_header parse_header(const std::string& text, std::uint64_t data_si
 
 /// Opens path and validates its length prefix and header; leaves the stream
 /// at the start of the data section.
+/// Checks every stored CRC-32 against the tensors' bytes, then removes the
+/// checksum keys from the metadata. Either every tensor has a checksum or
+/// none has (a file with some is damaged or was edited by hand).
+inline void verify_checksums(const std::filesystem::path& path, const tensor_map& tensors, metadata_map& metadata) {
+  const std::string prefix = crc32_key_prefix;
+  std::size_t found = 0;
+  for (auto it = metadata.lower_bound(prefix); it != metadata.end() && it->first.compare(0, prefix.size(), prefix) == 0;
+       ++it, ++found) {
+    const std::string name = it->first.substr(prefix.size());
+    const auto t = tensors.find(name);
+    if (t == tensors.end())
+      throw checkpoint_error(file_error(path, "the metadata holds a CRC-32 for tensor '" + name +
+                                                  "', which the file does not contain; the file is corrupt"));
+    const std::string computed = crc32_text(crc32_of(t->second.bytes));
+    if (it->second != computed)
+      throw checkpoint_error(file_error(path, "tensor '" + name + "' fails its CRC-32 check (stored " + it->second +
+                                                  ", computed " + computed +
+                                                  "): its data is corrupt; the file was not loaded"));
+  }
+  if (found != 0 && found != tensors.size())
+    for (const auto& [name, e] : tensors)
+      if (!metadata.count(prefix + name))
+        throw checkpoint_error(file_error(path, "tensor '" + name +
+                                                    "' has no CRC-32 while the file's other tensors have one; the "
+                                                    "header is corrupt"));
+  strip_checksums(metadata);
+}
+
 inline parsed_header open_and_parse(const std::filesystem::path& path, std::ifstream& in) {
   std::error_code ec;
   if (std::filesystem::is_directory(path, ec))
@@ -503,10 +541,20 @@ inline parsed_header open_and_parse(const std::filesystem::path& path, std::ifst
 
 /// Writes tensors and metadata to path atomically (see write_atomically): an
 /// existing file at path is replaced only once the new one is complete.
-inline void write(const std::filesystem::path& path, const tensor_map& tensors, const metadata_map& metadata = {}) {
+/// With checksums::crc32 each tensor's CRC-32 goes into the metadata (see
+/// the top of this file); without, the bytes are exactly the reference
+/// writer's for the same tensors and metadata.
+inline void write(const std::filesystem::path& path, const tensor_map& tensors, const metadata_map& metadata = {},
+                  checksums sums = checksums::none) {
+  metadata_map header_metadata = metadata;
+  for (const auto& [key, value] : metadata)
+    if (key.compare(0, std::string(crc32_key_prefix).size(), crc32_key_prefix) == 0)
+      throw checkpoint_error(detail::file_error(path, "metadata key '" + key + "' is reserved for checksums"));
+  if (sums == checksums::crc32)
+    for (const auto& [name, e] : tensors) header_metadata[crc32_key_prefix + name] = crc32_text(crc32_of(e.bytes));
   const auto order = detail::storage_order(tensors);
-  const std::string header = detail::header_bytes(order, metadata, path);
-  std::vector<detail::byte_range> pieces{{header.data(), header.size()}};
+  const std::string header = detail::header_bytes(order, header_metadata, path);
+  std::vector<byte_range> pieces{{header.data(), header.size()}};
   for (const auto* kv : order) pieces.push_back({kv->second.bytes.data(), kv->second.bytes.size()});
   detail::write_atomically(path, pieces);
 }
@@ -527,6 +575,7 @@ inline contents read(const std::filesystem::path& path) {
     detail::read_exactly(in, e.bytes.data(), e.bytes.size(), path, ("data of tensor '" + loc.name + "'").c_str());
     out.tensors.emplace(std::move(loc.name), std::move(e));
   }
+  detail::verify_checksums(path, out.tensors, out.metadata);
   return out;
 }
 
@@ -534,7 +583,9 @@ inline contents read(const std::filesystem::path& path) {
 /// its header: cheap, for deciding how to resume before loading anything.
 inline metadata_map read_metadata(const std::filesystem::path& path) {
   std::ifstream in;
-  return detail::open_and_parse(path, in).metadata;
+  metadata_map metadata = detail::open_and_parse(path, in).metadata;
+  detail::strip_checksums(metadata);  // verified by read(), which sees the data
+  return metadata;
 }
 
 /// Saves named tensors of one element type (e.g. optimizer state such as
@@ -544,7 +595,7 @@ void save_tensors(const std::filesystem::path& path, const std::map<std::string,
                   const metadata_map& metadata = {}) {
   tensor_map entries;
   for (const auto& [name, t] : tensors) entries.emplace(name, to_entry(t));
-  write(path, entries, metadata);
+  write(path, entries, metadata, checksums::crc32);
 }
 
 /// Loads every tensor of a file as element type T on backend B (floating T

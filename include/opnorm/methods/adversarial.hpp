@@ -36,10 +36,21 @@ struct adversarial {
   objective form = objective::clean_plus_adversarial;
   std::uint64_t seed = 0;
 
+  /// Refuses settings that would quietly train something other than what was
+  /// asked: a NaN or negative radius or step (which the projection would
+  /// turn into no attack at all), a negative weight, no iterations.
+  void check_options() const {
+    detail::require_real(eps, name, "eps", detail::at_least(0));
+    detail::require_real(alpha, name, "alpha", detail::at_least(0));  // 0 selects 2 eps / iterations
+    detail::require_count(iterations, name, "iterations", 1);
+    detail::require_real(lambda, name, "lambda", detail::at_least(0));
+  }
+
   template <class Model>
   batch_result accumulate_gradients(Model& model, typename Model::tape& tape, const typename Model::tensor_type& x,
                                     const label_tensor<typename Model::backend_type>& y) {
     using T = typename Model::scalar;
+    check_options();
     auto& ws = cache_.get<typename kernel::template workspace<Model>>();
     iteration_options<T> o;
     o.iterations = iterations;
@@ -60,6 +71,7 @@ struct adversarial {
                                        const typename Model::tensor_type& adversarial_x,
                                        const label_tensor<typename Model::backend_type>& y) {
     using T = typename Model::scalar;
+    check_options();
     typename Model::tensor_type gradient;
     double loss = 0;
     if (form == objective::clean_plus_adversarial) {

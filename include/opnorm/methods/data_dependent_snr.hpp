@@ -75,10 +75,19 @@ struct data_dependent_snr {
   statistics batch_statistics = statistics::clean_batch;  // BatchNorm in form::sum_of_squares (see above)
   std::uint64_t seed = 0;
 
+  /// Refuses a NaN, infinite or negative radius or weight, and zero
+  /// iterations: each would train without the penalty while looking normal.
+  void check_options() const {
+    detail::require_real(eps, name, "eps", detail::at_least(0));
+    detail::require_real(lambda, name, "lambda", detail::at_least(0));
+    detail::require_count(iterations, name, "iterations", 1);
+  }
+
   template <class Model>
   batch_result accumulate_gradients(Model& model, typename Model::tape& tape, const typename Model::tensor_type& x,
                                     const label_tensor<typename Model::backend_type>& y) {
     using T = typename Model::scalar;
+    check_options();
     auto& ws = cache_.get<workspace<Model>>();
     iteration_options<T> o;
     o.iterations = iterations;
@@ -108,6 +117,7 @@ struct data_dependent_snr {
   batch_result accumulate_gradients_at(Model& model, typename Model::tape& tape, const typename Model::tensor_type& x,
                                        const typename Model::tensor_type& probe,
                                        const label_tensor<typename Model::backend_type>& y) {
+    check_options();
     model.forward(x, tape, mode::train);
     return sum_of_squares_objective(model, tape, x, probe, y);
   }
@@ -118,6 +128,7 @@ struct data_dependent_snr {
                                                 const typename Model::tensor_type& x,
                                                 const typename Model::tensor_type& v,
                                                 const label_tensor<typename Model::backend_type>& y) {
+    check_options();
     auto& ws = cache_.get<workspace<Model>>();
     model.forward(x, ws.perturbed_tape, mode::eval);
     return jacobian_objective(model, tape, ws.perturbed_tape, x, v, y);

@@ -33,6 +33,7 @@ class global_snr {
   template <class Model>
   explicit global_snr(Model& model, double lambda_ = 3e-4, int iterations_ = 1, std::uint64_t seed = 0)
       : lambda(lambda_), iterations(iterations_) {
+    check_options();
     static_assert(std::is_same_v<typename Model::scalar, T> && std::is_same_v<typename Model::backend_type, Backend>,
                   "global_snr<T, Backend> must match the model's scalar type and backend");
     for (auto& p : model.state().parameters) {
@@ -46,9 +47,16 @@ class global_snr {
     }
   }
 
+  /// Refuses a NaN, infinite or negative weight and zero iterations.
+  void check_options() const {
+    detail::require_real(lambda, name, "lambda", detail::at_least(0));
+    detail::require_count(iterations, name, "iterations", 1);
+  }
+
   template <class Model>
   batch_result accumulate_gradients(Model& model, typename Model::tape& tape, const typename Model::tensor_type& x,
                                     const label_tensor<Backend>& y) {
+    check_options();
     const auto& logits = model.forward(x, tape, mode::train);
     typename Model::tensor_type logit_gradient;
     double loss = softmax_cross_entropy::evaluate(logits, y, &logit_gradient, reduction::mean);

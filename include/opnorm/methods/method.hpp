@@ -50,6 +50,7 @@
 #include <utility>
 #include <vector>
 
+#include "../detail/options.hpp"
 #include "../layers/layer.hpp"  // state_list, named_counter: what methods expose for checkpoints
 #include "../losses.hpp"
 

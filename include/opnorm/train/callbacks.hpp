@@ -19,6 +19,7 @@
 #include <unistd.h>  // isatty
 #endif
 
+#include "../io/atomic_file.hpp"
 #include "reports.hpp"
 #include "training_checkpoint.hpp"
 
@@ -52,24 +53,14 @@ inline bool is_terminal(const std::ostream& out) {
   return false;
 }
 
-/// Writes text to path through a temporary file in the same directory and a
-/// rename, so readers (a plotting script polling the log) never see half a
-/// file. Throws std::runtime_error naming the file.
+/// Writes text to path atomically (io/atomic_file.hpp), so readers (a
+/// plotting script polling the log) never see half a file. Throws
+/// std::runtime_error naming who and the file.
 inline void write_text_atomically(const std::filesystem::path& path, const std::string& text, const char* who) {
-  std::filesystem::path tmp = path;
-  tmp += ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << text;
-    out.flush();
-    if (!out) throw std::runtime_error(std::string("opnorm::") + who + ": cannot write '" + tmp.string() + "'");
-  }
-  std::error_code ec;
-  std::filesystem::rename(tmp, path, ec);
-  if (ec) {
-    std::filesystem::remove(tmp, ec);
-    throw std::runtime_error(std::string("opnorm::") + who + ": cannot rename '" + tmp.string() + "' to '" +
-                             path.string() + "': " + ec.message());
+  try {
+    write_file_atomically(path, text);
+  } catch (const file_write_error& e) {
+    throw std::runtime_error(std::string("opnorm::") + who + ": " + e.what());
   }
 }
 
@@ -213,10 +204,27 @@ class csv_log {
 /// See train/training_checkpoint.hpp for the layout and for resuming.
 class checkpoint_each_epoch {
  public:
-  explicit checkpoint_each_epoch(std::filesystem::path path, safetensors::metadata_map metadata = {})
-      : path_(std::move(path)), metadata_(std::move(metadata)) {}
+  /// every_steps > 0 also writes a checkpoint after every every_steps-th
+  /// step of the run (counted across epochs), recording the position inside
+  /// the epoch (train/training_checkpoint.hpp), so a crash loses at most
+  /// that many steps instead of an epoch; a run resumed from it is
+  /// bit-identical to an unbroken one, like one resumed at an epoch's end.
+  explicit checkpoint_each_epoch(std::filesystem::path path, safetensors::metadata_map metadata = {},
+                                 index_t every_steps = 0)
+      : path_(std::move(path)), metadata_(std::move(metadata)), every_steps_(every_steps) {
+    if (every_steps < 0)
+      throw std::invalid_argument("opnorm::checkpoint_each_epoch: every_steps must be >= 0 (0: at epoch ends only)");
+  }
 
   const std::filesystem::path& path() const { return path_; }
+
+  template <class Context>
+  void on_step_end(const step_report& s, Context& c) {
+    if (every_steps_ == 0 || s.step + 1 == s.steps_per_epoch) return;  // the epoch's own checkpoint follows
+    const index_t run_step = s.epoch * s.steps_per_epoch + s.step + 1;
+    if (run_step % every_steps_ != 0) return;
+    save_training_checkpoint(path_, c.model, c.method, c.optimizer, s.epoch, c.options.seed, metadata_, s.progress);
+  }
 
   template <class Context>
   void on_epoch_end(const epoch_report& e, Context& c) {
@@ -226,6 +234,7 @@ class checkpoint_each_epoch {
  private:
   std::filesystem::path path_;
   safetensors::metadata_map metadata_;
+  index_t every_steps_;
 };
 
 // ---------------------------------------------------------------------------

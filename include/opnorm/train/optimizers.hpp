@@ -36,6 +36,7 @@
 #include <utility>
 #include <vector>
 
+#include "../detail/options.hpp"
 #include "../layers/layer.hpp"
 
 namespace opnorm {
@@ -100,10 +101,6 @@ void require_same_binding(const bound_parameters<T, B>& from, const bound_parame
                                 "it was built for");
 }
 
-inline void require_option(bool ok, const char* optimizer, const std::string& what) {
-  if (!ok) throw std::invalid_argument(std::string("opnorm::") + optimizer + ": " + what);
-}
-
 }  // namespace detail
 
 // ---------------------------------------------------------------------------
@@ -132,12 +129,10 @@ class sgd {
 
   sgd(const state_list<T, Backend>& parameters, sgd_options options)
       : options_(options), bound_(parameters) {
-    detail::require_option(options.learning_rate >= 0, "sgd", "learning rate must be >= 0");
-    detail::require_option(options.momentum >= 0 && options.momentum < 1, "sgd",
-                           "momentum must lie in [0, 1)");
-    detail::require_option(options.weight_decay >= 0, "sgd", "weight decay must be >= 0");
-    detail::require_option(!options.nesterov || options.momentum > 0, "sgd",
-                           "Nesterov momentum needs momentum > 0");
+    detail::require_real(options.learning_rate, "sgd", "learning_rate", detail::at_least(0));
+    detail::require_real(options.momentum, "sgd", "momentum", detail::half_open_interval(0, 1));
+    detail::require_real(options.weight_decay, "sgd", "weight_decay", detail::at_least(0));
+    detail::require(!options.nesterov || options.momentum > 0, "sgd", "Nesterov momentum needs momentum > 0");
     if (options.momentum > 0)
       for (std::size_t i = 0; i < bound_.size(); ++i)
         momentum_.emplace_back(bound_.shape(i), T(0));
@@ -241,11 +236,11 @@ class adam {
 
   adam(const state_list<T, Backend>& parameters, adam_options options)
       : options_(options), bound_(parameters) {
-    detail::require_option(options.learning_rate >= 0, "adam", "learning rate must be >= 0");
-    detail::require_option(options.beta1 >= 0 && options.beta1 < 1, "adam", "beta1 must lie in [0, 1)");
-    detail::require_option(options.beta2 >= 0 && options.beta2 < 1, "adam", "beta2 must lie in [0, 1)");
-    detail::require_option(options.epsilon > 0, "adam", "epsilon must be > 0");
-    detail::require_option(options.weight_decay >= 0, "adam", "weight decay must be >= 0");
+    detail::require_real(options.learning_rate, "adam", "learning_rate", detail::at_least(0));
+    detail::require_real(options.beta1, "adam", "beta1", detail::half_open_interval(0, 1));
+    detail::require_real(options.beta2, "adam", "beta2", detail::half_open_interval(0, 1));
+    detail::require_real(options.epsilon, "adam", "epsilon", detail::greater_than(0));
+    detail::require_real(options.weight_decay, "adam", "weight_decay", detail::at_least(0));
     for (std::size_t i = 0; i < bound_.size(); ++i) {
       exp_avg_.emplace_back(bound_.shape(i), T(0));
       exp_avg_sq_.emplace_back(bound_.shape(i), T(0));

@@ -6,6 +6,7 @@
 //
 //   void on_train_begin(const run_info& run);
 //   void on_step_end(const step_report& step);
+//   template <class Context> void on_step_end(const step_report& step, Context& context);
 //   template <class Context> void on_epoch_end(const epoch_report& epoch, Context& context);
 //   bool stop_requested() const;     // asked after every on_epoch_end
 //
@@ -22,6 +23,17 @@
 namespace opnorm {
 
 struct fit_options;
+
+/// How far a run has come inside an epoch: the batches done and the exact
+/// running sums the epoch's report is made of. A checkpoint written in the
+/// middle of an epoch stores it, so a run resumed there reports (and
+/// trains) exactly what an unbroken run would.
+struct epoch_progress {
+  index_t steps_completed = 0;
+  double loss_sum = 0;      // sum over the batches done of batch loss * batch examples
+  index_t correct = 0;      // examples classified correctly in those batches
+  index_t examples = 0;     // examples in those batches
+};
 
 /// Announced once before the first step.
 struct run_info {
@@ -46,6 +58,7 @@ struct step_report {
   index_t examples = 0;        // examples seen this epoch
   double learning_rate = 0;    // the rate this step used
   double seconds = 0;          // wall time since the epoch began
+  epoch_progress progress;     // the exact sums behind loss and accuracy, steps_completed = step + 1
 };
 
 /// After every epoch, once the test set (if any) has been evaluated.
@@ -61,7 +74,8 @@ struct epoch_report {
   double seconds = 0;                         // training and evaluation
 };
 
-/// References to everything being trained, handed to on_epoch_end.
+/// References to everything being trained, handed to on_epoch_end and to
+/// the two-argument on_step_end.
 template <class Model, class Method, class Optimizer>
 struct training_context {
   Model& model;

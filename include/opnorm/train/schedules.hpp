@@ -16,21 +16,16 @@
 #include <string>
 
 #include "../detail/config.hpp"
+#include "../detail/options.hpp"
 
 namespace opnorm {
-
-namespace detail {
-inline void require_schedule(bool ok, const char* schedule, const std::string& what) {
-  if (!ok) throw std::invalid_argument(std::string("opnorm::") + schedule + ": " + what);
-}
-}  // namespace detail
 
 /// The same rate throughout.
 struct constant_schedule {
   double learning_rate;
 
   explicit constant_schedule(double lr) : learning_rate(lr) {
-    detail::require_schedule(lr >= 0, "constant_schedule", "learning rate must be >= 0");
+    detail::require_real(lr, "constant_schedule", "learning_rate", detail::at_least(0));
   }
   double operator()(index_t, index_t, index_t) const { return learning_rate; }
 };
@@ -44,9 +39,9 @@ struct step_decay_schedule {
 
   step_decay_schedule(double lr, index_t step_epochs_, double gamma_)
       : learning_rate(lr), step_epochs(step_epochs_), gamma(gamma_) {
-    detail::require_schedule(lr >= 0, "step_decay_schedule", "learning rate must be >= 0");
-    detail::require_schedule(step_epochs_ > 0, "step_decay_schedule", "step_epochs must be > 0");
-    detail::require_schedule(gamma_ > 0, "step_decay_schedule", "gamma must be > 0");
+    detail::require_real(lr, "step_decay_schedule", "learning_rate", detail::at_least(0));
+    detail::require_count(step_epochs_, "step_decay_schedule", "step_epochs", 1);
+    detail::require_real(gamma_, "step_decay_schedule", "gamma", detail::greater_than(0));
   }
   double operator()(index_t epoch, index_t, index_t) const {
     return learning_rate * std::pow(gamma, static_cast<double>(epoch / step_epochs));
@@ -68,16 +63,15 @@ struct cosine_schedule {
 
   cosine_schedule(double lr, index_t epochs_, index_t warmup_epochs_ = 0, double min_lr = 0.0)
       : learning_rate(lr), epochs(epochs_), warmup_epochs(warmup_epochs_), min_learning_rate(min_lr) {
-    detail::require_schedule(lr >= 0, "cosine_schedule", "learning rate must be >= 0");
-    detail::require_schedule(epochs_ > 0, "cosine_schedule", "epochs must be > 0");
-    detail::require_schedule(warmup_epochs_ >= 0 && warmup_epochs_ < epochs_, "cosine_schedule",
-                             "warmup_epochs must lie in [0, epochs)");
-    detail::require_schedule(min_lr >= 0 && min_lr <= lr, "cosine_schedule",
-                             "min_learning_rate must lie in [0, learning_rate]");
+    detail::require_real(lr, "cosine_schedule", "learning_rate", detail::at_least(0));
+    detail::require_count(epochs_, "cosine_schedule", "epochs", 1);
+    detail::require(warmup_epochs_ >= 0 && warmup_epochs_ < epochs_, "cosine_schedule",
+                    "warmup_epochs must lie in [0, epochs)");
+    detail::require_real(min_lr, "cosine_schedule", "min_learning_rate", detail::closed_interval(0, lr));
   }
 
   double operator()(index_t epoch, index_t step, index_t steps_per_epoch) const {
-    detail::require_schedule(steps_per_epoch > 0, "cosine_schedule", "steps_per_epoch must be > 0");
+    detail::require_count(steps_per_epoch, "cosine_schedule", "steps_per_epoch", 1);
     const double s = static_cast<double>(epoch * steps_per_epoch + step);
     const double warmup = static_cast<double>(warmup_epochs * steps_per_epoch);
     const double total = static_cast<double>(epochs * steps_per_epoch);

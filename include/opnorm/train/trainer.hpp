@@ -52,6 +52,7 @@ struct fit_options {
   index_t batch_size = 128;
   std::uint64_t seed = 0;        // data order and augmentation of epoch e depend on (seed, e) only
   index_t start_epoch = 0;       // epochs already completed: set from a checkpoint to resume
+  epoch_progress start_progress; // batches of epoch start_epoch already done (a mid-epoch checkpoint)
   last_batch last = last_batch::keep;
   std::optional<pad_crop_flip> augmentation;  // none: train on the images as they are
   index_t eval_batch_size = 256;  // in eval mode only memory use and rounding depend on it
@@ -90,6 +91,14 @@ struct has_on_step_end<C, std::void_t<decltype(std::declval<C&>().on_step_end(st
     : std::true_type {};
 
 template <class C, class Context, class = void>
+struct has_on_step_end_with_context : std::false_type {};
+template <class C, class Context>
+struct has_on_step_end_with_context<C, Context,
+                                    std::void_t<decltype(std::declval<C&>().on_step_end(
+                                        std::declval<const step_report&>(), std::declval<Context&>()))>>
+    : std::true_type {};
+
+template <class C, class Context, class = void>
 struct has_on_epoch_end : std::false_type {};
 template <class C, class Context>
 struct has_on_epoch_end<C, Context,
@@ -105,6 +114,7 @@ struct has_stop_requested<C, std::void_t<decltype(bool(std::declval<const C&>().
 
 template <class C, class Context>
 inline constexpr bool is_callback_v = has_on_train_begin<C>::value || has_on_step_end<C>::value ||
+                                      has_on_step_end_with_context<C, Context>::value ||
                                       has_on_epoch_end<C, Context>::value || has_stop_requested<C>::value;
 
 // Each calls the hook when the callback has it and does nothing otherwise.
@@ -112,9 +122,10 @@ template <class C>
 void notify_train_begin(C& c, const run_info& run) {
   if constexpr (has_on_train_begin<C>::value) c.on_train_begin(run);
 }
-template <class C>
-void notify_step_end(C& c, const step_report& step) {
+template <class C, class Context>
+void notify_step_end(C& c, const step_report& step, Context& context) {
   if constexpr (has_on_step_end<C>::value) c.on_step_end(step);
+  if constexpr (has_on_step_end_with_context<C, Context>::value) c.on_step_end(step, context);
 }
 template <class C, class Context>
 void notify_epoch_end(C& c, const epoch_report& epoch, Context& context) {
@@ -188,6 +199,14 @@ void check_fit_inputs(Model& model, const dataset<T>& train, const dataset<T>& t
   if (o.start_epoch < 0 || o.start_epoch > o.epochs)
     fail("start_epoch " + std::to_string(o.start_epoch) + " outside [0, epochs = " + std::to_string(o.epochs) + "]");
   if (o.batch_size < 1) fail("batch_size must be >= 1, got " + std::to_string(o.batch_size));
+  const epoch_progress& p = o.start_progress;
+  if (p.steps_completed < 0 || p.correct < 0 || p.examples < 0 || p.correct > p.examples ||
+      !std::isfinite(p.loss_sum) || (p.steps_completed == 0) != (p.examples == 0))
+    fail("start_progress (" + std::to_string(p.steps_completed) + " steps, " + std::to_string(p.correct) + " of " +
+         std::to_string(p.examples) + " correct) is inconsistent");
+  if (p.steps_completed > 0 && o.start_epoch >= o.epochs)
+    fail("start_progress resumes inside epoch " + std::to_string(o.start_epoch + 1) + ", but the run has " +
+         std::to_string(o.epochs) + " epochs");
   if (o.eval_batch_size < 1) fail("eval_batch_size must be >= 1, got " + std::to_string(o.eval_batch_size));
   if (train.size() == 0) fail("the training set '" + train.name + "' is empty");
   if (o.last == last_batch::drop && train.size() < o.batch_size)
@@ -229,7 +248,7 @@ fit_result fit(Model& model, Method& method, Optimizer& optimizer, const Schedul
                 "see train/schedules.hpp");
   static_assert((detail::is_callback_v<std::remove_reference_t<Callbacks>, context_type> && ...),
                 "fit: every argument after the options must be a callback with at least one of "
-                "on_train_begin(const run_info&), on_step_end(const step_report&), "
+                "on_train_begin(const run_info&), on_step_end(const step_report&[, Context&]), "
                 "on_epoch_end(const epoch_report&, Context&), stop_requested(); see train/reports.hpp");
   detail::check_fit_inputs(model, train, test, options);
 
@@ -256,14 +275,32 @@ fit_result fit(Model& model, Method& method, Optimizer& optimizer, const Schedul
   typename Model::tape tape;
   batch_transfer<T, B> batch;
   detail::finite_gradient_check<T, B> gradient_check;
+  if (options.start_progress.steps_completed > steps_per_epoch)
+    throw std::invalid_argument("opnorm::fit: start_progress has " +
+                                std::to_string(options.start_progress.steps_completed) +
+                                " steps completed, but an epoch has " + std::to_string(steps_per_epoch));
   for (index_t epoch = options.start_epoch; epoch < options.epochs; ++epoch) {
     const auto epoch_start = clock::now();
     batches.start_epoch(epoch);
     std::mt19937_64 augmentation_rng = detail::augmentation_engine(options.seed, epoch);
     double loss_sum = 0, learning_rate = 0;
     index_t correct = 0, examples = 0;
+    // Resuming inside this epoch: draw (and drop) the batches already done,
+    // so the order and the augmentation generator stand where the
+    // interrupted run left them, and continue its running sums.
+    index_t resume_at = 0;
+    if (epoch == options.start_epoch && options.start_progress.steps_completed > 0) {
+      resume_at = options.start_progress.steps_completed;
+      loss_sum = options.start_progress.loss_sum;
+      correct = options.start_progress.correct;
+      examples = options.start_progress.examples;
+    }
     for (index_t step = 0; batches.next(batch.host_images, batch.host_labels); ++step) {
       if (options.augmentation) (*options.augmentation)(batch.host_images, augmentation_rng);
+      if (step < resume_at) {
+        learning_rate = static_cast<double>(schedule(epoch, step, steps_per_epoch));  // for the epoch's report
+        continue;
+      }
       batch.to_backend();
       learning_rate = static_cast<double>(schedule(epoch, step, steps_per_epoch));
       if (!(learning_rate >= 0 && std::isfinite(learning_rate)))
@@ -309,7 +346,8 @@ fit_result fit(Model& model, Method& method, Optimizer& optimizer, const Schedul
       s.examples = examples;
       s.learning_rate = learning_rate;
       s.seconds = seconds_since(epoch_start);
-      (detail::notify_step_end(callbacks, s), ...);
+      s.progress = {step + 1, loss_sum, correct, examples};
+      (detail::notify_step_end(callbacks, s, context), ...);
     }
 
     epoch_report report;

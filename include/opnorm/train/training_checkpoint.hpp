@@ -13,7 +13,11 @@
 //                      counter that seeds adversarial and data-dependent
 //                      SNR's random starts)
 //   metadata           "epochs_completed", "seed", "method", "optimizer",
-//                      plus whatever the caller adds (hyperparameters)
+//                      plus whatever the caller adds (hyperparameters);
+//                      a checkpoint written inside an epoch (epoch
+//                      epochs_completed) adds "steps_completed" and the
+//                      epoch's running sums "epoch_loss_sum" (a hexadecimal
+//                      float, exact), "epoch_correct", "epoch_examples"
 //
 // Resuming restores all of it; the trainer derives each epoch's data order
 // and augmentation from (seed, epoch), so the resumed run takes the same
@@ -25,7 +29,11 @@
 // before methods saved their counters) is refused rather than resumed with
 // the counter at 0: a counter at 0 would repeat the first epoch's random
 // starts, and the run would silently stop being the one the file promises.
+#include <cerrno>
+#include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <set>
 #include <string>
@@ -34,6 +42,7 @@
 #include <vector>
 
 #include "../io/checkpoint.hpp"
+#include "reports.hpp"  // epoch_progress
 
 namespace opnorm {
 
@@ -95,7 +104,13 @@ class staged_state {
                            shape_string(t.value->shape()));
         return;
       }
-      tensors_.push_back({t.value, safetensors::decode<T>(e, "tensor '" + name + "'")});
+      std::vector<T> values = safetensors::decode<T>(e, "tensor '" + name + "'");
+      const std::string non_finite = safetensors::first_non_finite(values, e.shape);
+      if (!non_finite.empty()) {
+        problems.push_back("tensor '" + name + "' " + non_finite);
+        return;
+      }
+      tensors_.push_back({t.value, std::move(values)});
     };
     for (const auto& p : s.parameters) stage(p);
     for (const auto& b : s.buffers) stage(b);
@@ -141,11 +156,28 @@ inline std::int64_t parse_metadata_integer(const safetensors::metadata_map& m, c
                          "' is '" + found->second + "', not a non-negative integer");
 }
 
+inline double parse_metadata_real(const safetensors::metadata_map& m, const std::string& key,
+                                  const std::filesystem::path& path) {
+  const auto found = m.find(key);
+  if (found == m.end())
+    throw checkpoint_error("opnorm::load_training_checkpoint: '" + path.string() + "' has no '" + key +
+                           "' in its metadata");
+  const char* begin = found->second.c_str();
+  char* end = nullptr;
+  errno = 0;
+  const double v = std::strtod(begin, &end);
+  if (found->second.empty() || end != begin + found->second.size() || errno == ERANGE || !std::isfinite(v))
+    throw checkpoint_error("opnorm::load_training_checkpoint: '" + path.string() + "': metadata '" + key +
+                           "' is '" + found->second + "', not a finite number");
+  return v;
+}
+
 }  // namespace detail
 
 /// What load_training_checkpoint found besides the tensors.
 struct training_checkpoint {
   index_t epochs_completed = 0;
+  epoch_progress progress;  // inside epoch epochs_completed; steps_completed == 0 at an epoch's end
   std::uint64_t seed = 0;
   safetensors::metadata_map metadata;  // everything, including the keys above
 };
@@ -155,7 +187,7 @@ struct training_checkpoint {
 template <class Model, class Method, class Optimizer>
 void save_training_checkpoint(const std::filesystem::path& path, Model& model, Method& method,
                               Optimizer& optimizer, index_t epochs_completed, std::uint64_t seed,
-                              safetensors::metadata_map metadata = {}) {
+                              safetensors::metadata_map metadata = {}, const epoch_progress& progress = {}) {
   safetensors::tensor_map extra;
   detail::add_state_entries("optimizer.", optimizer.state(), extra);
   detail::add_state_entries("method.", detail::method_state<Model>(method), extra);
@@ -163,6 +195,16 @@ void save_training_checkpoint(const std::filesystem::path& path, Model& model, M
   metadata["seed"] = std::to_string(seed);
   metadata["method"] = Method::name;
   metadata["optimizer"] = Optimizer::name;
+  if (progress.steps_completed > 0) {
+    // Inside an epoch: the running sums go along exactly (the loss sum as a
+    // hexadecimal float, which reads back bit for bit).
+    char loss_sum[64];
+    std::snprintf(loss_sum, sizeof loss_sum, "%a", progress.loss_sum);
+    metadata["steps_completed"] = std::to_string(progress.steps_completed);
+    metadata["epoch_loss_sum"] = loss_sum;
+    metadata["epoch_correct"] = std::to_string(progress.correct);
+    metadata["epoch_examples"] = std::to_string(progress.examples);
+  }
   save_checkpoint(model, path, metadata, extra);
 }
 
@@ -186,6 +228,16 @@ training_checkpoint load_training_checkpoint(const std::filesystem::path& path, 
   }
   result.epochs_completed = detail::parse_metadata_integer(result.metadata, "epochs_completed", path);
   result.seed = static_cast<std::uint64_t>(detail::parse_metadata_integer(result.metadata, "seed", path));
+  if (result.metadata.count("steps_completed")) {
+    result.progress.steps_completed = detail::parse_metadata_integer(result.metadata, "steps_completed", path);
+    result.progress.correct = detail::parse_metadata_integer(result.metadata, "epoch_correct", path);
+    result.progress.examples = detail::parse_metadata_integer(result.metadata, "epoch_examples", path);
+    result.progress.loss_sum = detail::parse_metadata_real(result.metadata, "epoch_loss_sum", path);
+    if (result.progress.correct > result.progress.examples || result.progress.steps_completed == 0 ||
+        result.progress.examples == 0)
+      throw checkpoint_error(where + ": its position inside the epoch (steps_completed, epoch_correct, "
+                             "epoch_examples) is inconsistent");
+  }
 
   // Stage optimizer and method state from a first read, so that a mismatch
   // there is reported before load_checkpoint changes the model; the file is

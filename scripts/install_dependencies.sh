@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian packages opnorm's build, tests and reproduction need,
 # and only those that are missing. Safe to run repeatedly.
-#   scripts/install_dependencies.sh [build|test|reproduce]
+#   scripts/install_dependencies.sh [build|test|sanitize|reproduce|fuzz]
 set -euo pipefail
 
 purpose="${1:-test}"
@@ -13,9 +13,15 @@ case "$purpose" in
   # needs torchattacks, which scripts/test.sh installs with pip into a venv
   # over these packages (python3-venv); torchattacks imports scipy.
   test) packages+=(python3 python3-torch python3-numpy python3-scipy python3-venv dataset-fashion-mnist) ;;
+  # scripts/sanitize.sh: the test suite built by clang 14 with its sanitizer
+  # runtimes and LLVM's libomp, whose Archer tool makes OpenMP visible to TSan.
+  sanitize) packages+=(python3 python3-torch python3-numpy python3-scipy python3-venv dataset-fashion-mnist
+                       clang-14 libclang-rt-14-dev libomp-14-dev) ;;
   # The reproduction trains on Fashion-MNIST and plots with matplotlib.
   reproduce) packages+=(python3 python3-matplotlib python3-numpy dataset-fashion-mnist) ;;
-  *) echo "usage: $0 [build|test|reproduce]" >&2; exit 2 ;;
+  # scripts/fuzz.sh: clang-14 with libFuzzer and the sanitizer runtimes.
+  fuzz) packages+=(clang-14 libclang-rt-14-dev) ;;
+  *) echo "usage: $0 [build|test|sanitize|reproduce|fuzz]" >&2; exit 2 ;;
 esac
 
 missing=()

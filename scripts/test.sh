@@ -4,7 +4,8 @@
 #  2. the CUDA build (nvcc, -DOPNORM_CUDA=ON): compiles and links the CUDA test
 #     program and the train example for thrust<cuda>, and runs the CUDA test,
 #     which reports "no CUDA device: skipped" on a machine without a GPU.
-#  The CUDA build and its test come before the host tests run, so that the
+#  3. the libFuzzer targets, 20 s each (scripts/fuzz.sh).
+#  The CUDA build, its test and the fuzzing come before the host tests run, so that the
 #  run ends with the host suite's summary (on a machine without a GPU the
 #  CUDA summary would otherwise be the last word, saying only "skipped").
 #     `cmake --build build-cuda --target opnorm_cuda_suite` builds every test
@@ -51,5 +52,11 @@ else
   cmake --build "$cuda_build" -j "$(nproc)" --target opnorm_cuda_ci
   (cd "$cuda_build" && ctest --output-on-failure -R '^cuda_')
 fi
+
+# The libFuzzer targets of tests/fuzz/ (IDX, CIFAR-10, safetensors, model and
+# training checkpoints), 20 s each: a short regression run of what
+# `bash scripts/fuzz.sh SECONDS` does at length (docs/reliability.md). It
+# installs clang-14 and its sanitizer runtimes itself.
+bash scripts/fuzz.sh "${OPNORM_FUZZ_SECONDS:-20}"
 
 (cd "$build" && ctest --output-on-failure -j "$(nproc)")

@@ -715,14 +715,20 @@ TEST_CASE("a save that cannot complete leaves the destination untouched and no t
 
 namespace {
 
-/// The data section's offset of a file written by save_checkpoint, and the
-/// [begin, end) of one tensor's bytes in the file, read from its header.
-std::pair<std::size_t, std::size_t> tensor_bytes_in_file(const std::string& bytes, const std::string& name) {
+/// The length of a file's JSON header, from its first 8 bytes.
+std::size_t header_length(const std::string& bytes) {
   std::uint64_t n = 0;
   for (int i = 0; i < 8; ++i) n |= static_cast<std::uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
-  const auto header = nlohmann::json::parse(bytes.substr(8, n));
-  const auto offsets = header.at(name).at("data_offsets");
-  return {8 + n + offsets[0].get<std::size_t>(), 8 + n + offsets[1].get<std::size_t>()};
+  return static_cast<std::size_t>(n);
+}
+
+nlohmann::json header_json(const std::string& bytes) { return nlohmann::json::parse(bytes.substr(8, header_length(bytes))); }
+
+/// The [begin, end) of one tensor's bytes in a file, read from its header.
+std::pair<std::size_t, std::size_t> tensor_bytes_in_file(const std::string& bytes, const std::string& name) {
+  const std::size_t data = 8 + header_length(bytes);
+  const auto offsets = header_json(bytes).at(name).at("data_offsets");
+  return {data + offsets[0].get<std::size_t>(), data + offsets[1].get<std::size_t>()};
 }
 
 }  // namespace
@@ -736,9 +742,7 @@ TEST_CASE("a flipped data byte in a checkpoint is refused by its CRC-32, naming 
   const std::string good = read_bytes(file);
   // The checksums travel as metadata strings, 8 hex digits per tensor.
   {
-    std::uint64_t n = 0;
-    for (int i = 0; i < 8; ++i) n |= static_cast<std::uint64_t>(static_cast<unsigned char>(good[i])) << (8 * i);
-    const auto metadata = nlohmann::json::parse(good.substr(8, n)).at("__metadata__");
+    const auto metadata = header_json(good).at("__metadata__");
     REQUIRE(metadata.contains("opnorm.crc32.2.weight"));
     CHECK(metadata.at("opnorm.crc32.2.weight").get<std::string>().size() == 8);
     // ... but they are not part of what the caller reads back.
@@ -786,13 +790,11 @@ TEST_CASE("files without checksums (as PyTorch writes them) load; a file with on
   auto with_all = st::read(file);  // valid: every tensor has one
   CHECK(with_all.metadata == partial);
   const std::string bytes = read_bytes(file);
-  std::uint64_t n = 0;
-  for (int i = 0; i < 8; ++i) n |= static_cast<std::uint64_t>(static_cast<unsigned char>(bytes[i])) << (8 * i);
-  auto header = nlohmann::json::parse(bytes.substr(8, n));
+  auto header = header_json(bytes);
   header["__metadata__"].erase("opnorm.crc32.0.bias");
   std::string text = header.dump();
   text.append((8 - text.size() % 8) % 8, ' ');
-  write_bytes(file, u64_le(text.size()) + text + bytes.substr(8 + n));
+  write_bytes(file, u64_le(text.size()) + text + bytes.substr(8 + header_length(bytes)));
   CHECK_THROWS_WITH_AS(st::read(file),
                        doctest::Contains("tensor '0.bias' has no CRC-32 while the file's other tensors have one"),
                        checkpoint_error);

@@ -181,6 +181,19 @@ fit_options small_options(index_t epochs, std::uint64_t seed = 11) {
   return o;
 }
 
+// Model, optimizer state and method counters of two runs agree bit for bit.
+template <class Model, class Optimizer, class Method>
+void check_same_training_state(Model& model_a, Optimizer& optimizer_a, Method& method_a, Model& model_b,
+                               Optimizer& optimizer_b, Method& method_b) {
+  const auto a = state_bytes(model_a), b = state_bytes(model_b);
+  REQUIRE(a.size() == b.size());
+  CHECK(std::memcmp(a.data(), b.data(), a.size()) == 0);
+  const auto oa = optimizer_bytes(optimizer_a), ob = optimizer_bytes(optimizer_b);
+  REQUIRE(oa.size() == ob.size());
+  CHECK(std::memcmp(oa.data(), ob.data(), oa.size()) == 0);
+  CHECK(method_counters(method_b) == method_counters(method_a));
+}
+
 }  // namespace
 
 static_assert(is_training_method_v<standard, conv_net<float>>);
@@ -266,13 +279,7 @@ TEST_CASE("resuming from the checkpoint after epoch 1 is bit-identical to an unb
     REQUIRE(rest.history.size() == 1);
     CHECK(rest.history[0].epoch == 1);
 
-    const auto a = state_bytes(unbroken), b = state_bytes(resumed);
-    REQUIRE(a.size() == b.size());
-    CHECK(std::memcmp(a.data(), b.data(), a.size()) == 0);
-    const auto oa = optimizer_bytes(opt1), ob = optimizer_bytes(opt3);
-    REQUIRE(oa.size() == ob.size());
-    CHECK(std::memcmp(oa.data(), ob.data(), oa.size()) == 0);
-    CHECK(method_counters(m3) == method_counters(m1));
+    check_same_training_state(unbroken, opt1, m1, resumed, opt3, m3);
     CHECK(method_tensor_bytes(m3) == method_tensor_bytes(m1));
   };
   auto sgd_momentum = [](auto& model) { return sgd(model, sgd_options{0.05, 0.9, 5e-4, false}); };
@@ -346,13 +353,7 @@ TEST_CASE("resuming from a checkpoint written every 3 steps, inside an epoch, is
     const fit_result rest = fit(resumed, m3, opt3, schedule, train, test, ro);
     REQUIRE(rest.history.size() == 1);
 
-    const auto a = state_bytes(unbroken), b = state_bytes(resumed);
-    REQUIRE(a.size() == b.size());
-    CHECK(std::memcmp(a.data(), b.data(), a.size()) == 0);
-    const auto oa = optimizer_bytes(opt1), ob = optimizer_bytes(opt3);
-    REQUIRE(oa.size() == ob.size());
-    CHECK(std::memcmp(oa.data(), ob.data(), oa.size()) == 0);
-    CHECK(method_counters(m3) == method_counters(m1));
+    check_same_training_state(unbroken, opt1, m1, resumed, opt3, m3);
     // The epoch's report covers all of its batches, as in the unbroken run.
     CHECK(rest.history[0].train_loss == whole.history[1].train_loss);
     CHECK(rest.history[0].train_accuracy == whole.history[1].train_accuracy);

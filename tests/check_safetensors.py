@@ -58,8 +58,14 @@ class CrcMismatch(AssertionError):
 
 
 def read_safetensors(path):
-    """Returns (metadata, {name: torch tensor}, [names whose CRC-32 was checked])
-    after checking the layout; the checksum keys are removed from metadata."""
+    """Returns (metadata, {name: torch tensor}) after checking the layout and
+    every stored CRC-32; the checksum keys are removed from metadata."""
+    metadata, tensors, _ = read_safetensors_and_checksums(path)
+    return metadata, tensors
+
+
+def read_safetensors_and_checksums(path):
+    """read_safetensors, plus the names whose CRC-32 was stored and checked."""
     with open(path, "rb") as f:
         blob = f.read()
     if len(blob) < 8:
@@ -140,7 +146,7 @@ def check_flipped_byte_is_caught(path, directory, name):
 
 def check_model(directory, suffix, torch_dtype, tolerance):
     path = os.path.join(directory, f"dense_relu_dense_{suffix}.safetensors")
-    metadata, state, checksummed = read_safetensors(path)
+    metadata, state, checksummed = read_safetensors_and_checksums(path)
     want = {"epoch": "3", "method": "standard", "scalar": suffix, "format": "pt"}
     if metadata != want:
         fail(path, f"metadata {metadata}, expected {want}")
@@ -159,7 +165,7 @@ def check_model(directory, suffix, torch_dtype, tolerance):
     model.load_state_dict(state, strict=True)
 
     probe_path = os.path.join(directory, f"probe_{suffix}.safetensors")
-    probe_metadata, probe, _ = read_safetensors(probe_path)
+    probe_metadata, probe = read_safetensors(probe_path)
     if probe_metadata != {"what": "input, logits, step"}:
         fail(probe_path, f"metadata {probe_metadata}")
     with torch.no_grad():

@@ -14,3 +14,5 @@ opnorm_compile_fail(exact_jvp_with_step "exact_jvp iterates on J_f\\(x\\) at a f
 opnorm_compile_fail(loss_gradient_without_step "loss_gradient evaluates the loss at the moving iterate")
 opnorm_compile_fail(backend_without_ops "a backend tag needs a specialization of opnorm::backend_ops<Tag>")
 opnorm_compile_fail(backend_without_gemm "a backend must provide gemm, gemm_batched and gemm_batched_sum")
+opnorm_compile_fail(norm_without_projection "projected_step projects every iterate onto the eps-ball, so its Norm must provide project\\(delta, eps\\)")
+opnorm_compile_fail(loss_without_gradient "loss_gradient<Loss> needs Loss::evaluate\\(logits, target, gradient\\*, reduction\\) to write the gradient")

@@ -441,8 +441,12 @@ TEST_CASE_TEMPLATE("every kernel composition leaves weights, parameter gradients
   for (auto& p : f.net.state().parameters) {
     if (p.value->rank() < 2) continue;
     CAPTURE(p.name);
-    tensor_t u({p.value->dim(0)}, 1.0), v;
-    const double sigma = power_iteration<weight_operator, l2, no_step>::run(*p.value, u, v, 3);
+    const tensor_t u({1, p.value->dim(0)}, 1.0), origin({1, p.value->dim(0)}, 0.0);
+    iteration_options<double> weight_options;
+    weight_options.iterations = 3;
+    typename power_iteration<weight_operator, l2, no_step>::template workspace<tensor_t> ws;
+    const double sigma =
+        power_iteration<weight_operator, l2, no_step>{}.run(*p.value, origin, nullptr, weight_options, ws, &u).sigma.to_vector()[0];
     CHECK(sigma > 0);
     check_unchanged(before, f.net);
   }

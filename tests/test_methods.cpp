@@ -380,12 +380,21 @@ TEST_CASE_TEMPLATE("global SNR: u and v are the documented power iteration, sigm
     // The persistent u moved to this step's normalize(W v).
     CHECK(relative_error(tensor_t::from_vector({rows}, u_after.at(p.name)), tensor_t::from_vector({rows}, ref.u)) <
           1e-12);
-    // The kernel's v is normalize(W^T u) for the u before the last half-step.
+    // The kernel runs on W^T from u: its right vector u_K / ||u_K|| is
+    // normalize(W^T u) for the u before the last half-step.
     {
-      tensor_t u = tensor_t::from_vector({rows}, u_before.at(p.name)), v;
-      const double sigma = global_snr<double, B>::kernel::run(*p.value, u, v, iterations);
-      CHECK(relative_error(v, tensor_t::from_vector({cols}, ref.v)) < 1e-12);
-      CHECK(sigma == doctest::Approx(ref.sigma).epsilon(1e-12));
+      using kernel = typename global_snr<double, B>::kernel;
+      const tensor_t u = tensor_t::from_vector({1, rows}, u_before.at(p.name)), origin({1, rows}, 0.0);
+      iteration_options<double> o;
+      o.iterations = iterations;
+      typename kernel::template workspace<tensor_t> ws;
+      const auto pairs = kernel{}.run(*p.value, origin, nullptr, o, ws, &u);
+      std::vector<double> v = pairs.u.to_vector();
+      double length = 0;
+      for (double e : v) length += e * e;
+      for (double& e : v) e /= std::sqrt(length);
+      CHECK(relative_error(tensor_t::from_vector({cols}, v), tensor_t::from_vector({cols}, ref.v)) < 1e-12);
+      CHECK(pairs.sigma.to_vector()[0] == doctest::Approx(ref.sigma).epsilon(1e-12));
     }
     const double sigma = method.last_sigma().at(p.name);
     CHECK(sigma == doctest::Approx(ref.sigma).epsilon(1e-12));  // u^T W v, with u and v from the test

@@ -365,16 +365,24 @@ TEST_CASE_TEMPLATE("weight operator sigma matches the SVD of the reshaped conv k
                                                                                                    288);
   Eigen::JacobiSVD<analysis::matrix<double>> svd(W, Eigen::ComputeThinV | Eigen::ComputeThinU);
 
-  tensor<double, B> u({32}), v;
+  // The kernel runs on W^T from W's left vector u (one row): v_K is the new
+  // left vector and u_K / ||u_K|| the right vector.
+  using kernel = power_iteration<weight_operator, l2, no_step>;
   std::mt19937_64 rng(3);
-  u = random_tensor<B>({32}, rng);
-  const double sigma = power_iteration<weight_operator, l2, no_step>::run(w, u, v, 2000);
+  const tensor<double, B> u0 = random_tensor<B>({1, 32}, rng);
+  const tensor<double, B> origin({1, 32}, 0.0);
+  typename kernel::template workspace<tensor<double, B>> ws;
+  iteration_options<double> o;
+  o.iterations = 2000;
+  const auto pairs = kernel{}.run(w, origin, nullptr, o, ws, &u0);
+  const double sigma = pairs.sigma.to_vector()[0];
   CHECK(std::abs(sigma - svd.singularValues()(0)) / svd.singularValues()(0) < 1e-8);
-  CHECK(abs_cos(svd.matrixV().col(0), v.to_vector()) > 1 - 1e-8);
-  CHECK(abs_cos(svd.matrixU().col(0), u.to_vector()) > 1 - 1e-8);
+  CHECK(abs_cos(svd.matrixV().col(0), pairs.u.to_vector()) > 1 - 1e-8);
+  CHECK(abs_cos(svd.matrixU().col(0), pairs.v.to_vector()) > 1 - 1e-8);
 
   // The persistent u amortizes: one more call of one iteration stays converged.
-  const double again = power_iteration<weight_operator, l2, no_step>::run(w, u, v, 1);
+  o.iterations = 1;
+  const double again = kernel{}.run(w, origin, nullptr, o, ws, &pairs.v).sigma.to_vector()[0];
   CHECK(std::abs(again - sigma) / sigma < 1e-10);
 }
 

@@ -331,15 +331,42 @@ struct targeted_dlr {
   }
 };
 
+// Structural checks: a loss policy is what it provides, not a list of
+// known types, so a user's loss works wherever a shipped one does. Probed
+// with double on the cpu backend, the combination every policy supports.
+namespace detail {
 template <class L>
-struct is_loss : std::false_type {};
-template <>
-struct is_loss<softmax_cross_entropy> : std::true_type {};
-template <>
-struct is_loss<sum_of_squares> : std::true_type {};
-template <>
-struct is_loss<dlr> : std::true_type {};
-template <>
-struct is_loss<targeted_dlr> : std::true_type {};
+using probe_target = typename L::template target_type<double, backend::cpu>;
+
+template <class L, class = void>
+struct has_loss_target : std::false_type {};
+template <class L>
+struct has_loss_target<L, std::void_t<probe_target<L>>> : std::true_type {};
+
+template <class L, class = void>
+struct has_loss_value_only : std::false_type {};
+template <class L>
+struct has_loss_value_only<L, std::void_t<decltype(L::evaluate(std::declval<const tensor<double>&>(),
+                                                               std::declval<const probe_target<L>&>(),
+                                                               reduction::sum))>> : std::true_type {};
+}  // namespace detail
+
+/// Loss::evaluate(logits, target, gradient*, reduction): the value and the
+/// gradient with respect to the logits.
+template <class L, class = void>
+struct has_loss_gradient : std::false_type {};
+template <class L>
+struct has_loss_gradient<L, std::void_t<decltype(L::evaluate(std::declval<const tensor<double>&>(),
+                                                             std::declval<const detail::probe_target<L>&>(),
+                                                             std::declval<tensor<double>*>(), reduction::sum))>>
+    : std::true_type {};
+
+/// A loss policy: target_type<T, B> (label_tensor<B> or tensor<T, B>) and
+/// a static evaluate(logits, target, ...) giving the loss, with a gradient
+/// (has_loss_gradient) or as a value only (evaluate(logits, target, reduction)).
+template <class L>
+struct is_loss
+    : std::bool_constant<detail::has_loss_target<L>::value &&
+                         (has_loss_gradient<L>::value || detail::has_loss_value_only<L>::value)> {};
 
 }  // namespace opnorm

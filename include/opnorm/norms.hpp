@@ -13,6 +13,8 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <type_traits>
+#include <utility>
 
 #include "per_example.hpp"
 #include "random.hpp"
@@ -209,11 +211,55 @@ struct linf {
   }
 };
 
+// Structural checks: a norm policy is what it provides, so a user's norm
+// (l1, say) works wherever l2 and linf do. Probed with double on the cpu
+// backend, the combination every policy supports.
+namespace detail {
+template <class N, class = void>
+struct has_steepest_ascent : std::false_type {};
 template <class N>
-struct is_norm : std::false_type {};
-template <>
-struct is_norm<l2> : std::true_type {};
-template <>
-struct is_norm<linf> : std::true_type {};
+struct has_steepest_ascent<N, std::void_t<decltype(N::steepest_ascent(std::declval<const tensor<double>&>(),
+                                                                      std::declval<tensor<double>&>()))>>
+    : std::true_type {};
+
+template <class N, class = void>
+struct has_dual_norms : std::false_type {};
+template <class N>
+struct has_dual_norms<N, std::void_t<decltype(N::dual_norms(std::declval<const tensor<double>&>(),
+                                                            std::declval<tensor<double>&>()))>> : std::true_type {};
+
+template <class N, class = void>
+struct has_random_direction : std::false_type {};
+template <class N>
+struct has_random_direction<N, std::void_t<decltype(N::random_direction(std::declval<const tensor<double>&>(),
+                                                                        std::uint64_t{},
+                                                                        std::declval<tensor<double>&>()))>>
+    : std::true_type {};
+
+template <class N, class = void>
+struct has_project : std::false_type {};
+template <class N>
+struct has_project<N, std::void_t<decltype(N::project(std::declval<tensor<double>&>(), double{}))>>
+    : std::true_type {};
+
+template <class N, class = void>
+struct has_random_in_ball : std::false_type {};
+template <class N>
+struct has_random_in_ball<N, std::void_t<decltype(N::random_in_ball(std::declval<const tensor<double>&>(), double{},
+                                                                    std::uint64_t{},
+                                                                    std::declval<tensor<double>&>()))>>
+    : std::true_type {};
+}  // namespace detail
+
+/// What the power iteration asks of every norm: the steepest-ascent
+/// direction, the dual norm (for sigma) and a random starting direction.
+template <class N>
+struct is_norm : std::bool_constant<detail::has_steepest_ascent<N>::value && detail::has_dual_norms<N>::value &&
+                                    detail::has_random_direction<N>::value> {};
+
+/// What projected steps and attacks ask in addition: the projection onto
+/// the eps-ball and a uniform sample inside it (the random start).
+template <class N>
+struct has_projection : std::bool_constant<detail::has_project<N>::value && detail::has_random_in_ball<N>::value> {};
 
 }  // namespace opnorm

@@ -10,6 +10,8 @@
 // Every step optionally clips its iterates to a box (pixel range [0, 1] for
 // attacks); the power method itself never clips.
 #include <cstdint>
+#include <type_traits>
+#include <utility>
 
 #include "norms.hpp"
 #include "per_example.hpp"
@@ -39,6 +41,9 @@ void clip(tensor<T, B>& p, const iteration_options<T>& o) {
 }  // namespace detail
 
 struct no_step {
+  template <class Norm>
+  struct composition : std::true_type {};
+
   template <class Norm, class T, class B>
   static void start(const tensor<T, B>& x, const tensor<T, B>&, const iteration_options<T>&, tensor<T, B>& p) {
     assign(x, p);
@@ -48,6 +53,9 @@ struct no_step {
 };
 
 struct unbounded_step {
+  template <class Norm>
+  struct composition : std::true_type {};
+
   template <class Norm, class T, class B>
   static void start(const tensor<T, B>& x, const tensor<T, B>& v0, const iteration_options<T>& o, tensor<T, B>& p) {
     advance<Norm>(x, v0, o, p);
@@ -65,6 +73,17 @@ struct unbounded_step {
 };
 
 struct projected_step {
+  template <class Norm>
+  struct composition {
+    static_assert(detail::has_project<Norm>::value,
+                  "projected_step projects every iterate onto the eps-ball, so its Norm must provide "
+                  "project(delta, eps)");
+    static_assert(detail::has_random_in_ball<Norm>::value,
+                  "projected_step starts uniformly inside the eps-ball, so its Norm must provide "
+                  "random_in_ball(x, eps, seed, delta)");
+    static constexpr bool value = true;
+  };
+
   template <class Norm, class T, class B>
   static void start(const tensor<T, B>& x, const tensor<T, B>&, const iteration_options<T>& o, tensor<T, B>& p) {
     if (!o.random_start || o.eps == T(0)) {
@@ -89,13 +108,28 @@ struct projected_step {
   }
 };
 
+// Structural check: a step policy is what it provides. Probed with the l2
+// norm, double and the cpu backend.
+namespace detail {
+template <class S, class = void>
+struct has_step_members : std::false_type {};
 template <class S>
-struct is_step : std::false_type {};
-template <>
-struct is_step<no_step> : std::true_type {};
-template <>
-struct is_step<unbounded_step> : std::true_type {};
-template <>
-struct is_step<projected_step> : std::true_type {};
+struct has_step_members<
+    S, std::void_t<typename S::template composition<l2>,
+                   decltype(S::template start<l2>(std::declval<const tensor<double>&>(),
+                                                  std::declval<const tensor<double>&>(),
+                                                  std::declval<const iteration_options<double>&>(),
+                                                  std::declval<tensor<double>&>())),
+                   decltype(S::template advance<l2>(std::declval<const tensor<double>&>(),
+                                                    std::declval<const tensor<double>&>(),
+                                                    std::declval<const iteration_options<double>&>(),
+                                                    std::declval<tensor<double>&>()))>> : std::true_type {};
+}  // namespace detail
+
+/// A step policy: start<Norm>(x, v0, options, point), advance<Norm>(x, v,
+/// options, point) and composition<Norm>, which static_asserts what the
+/// step needs of its Norm.
+template <class S>
+struct is_step : detail::has_step_members<S> {};
 
 }  // namespace opnorm

@@ -50,8 +50,13 @@ struct attack_result {
 
 template <class Model, class Norm = l2, class Loss = softmax_cross_entropy>
 class pga {
-  static_assert(std::is_same_v<Loss, softmax_cross_entropy>,
-                "pga attacks classifiers with labels: use softmax_cross_entropy (for sum_of_squares, use the power_iteration kernel directly)");
+  static_assert(has_projection<Norm>::value,
+                "pga projects onto the eps-ball and starts inside it: its Norm must provide project(delta, eps) and "
+                "random_in_ball(x, eps, seed, delta)");
+  static_assert(std::is_same_v<typename Loss::template target_type<typename Model::scalar, typename Model::backend_type>,
+                               label_tensor<typename Model::backend_type>>,
+                "pga attacks classifiers with labels: its Loss must compare the logits with class labels, as "
+                "softmax_cross_entropy and dlr do (for sum_of_squares, use the power_iteration kernel directly)");
 
  public:
   using T = typename Model::scalar;
@@ -107,7 +112,7 @@ class pga {
  private:
   // Success and loss at x*, from one eval-mode forward pass.
   void score(const tensor<T, B>& adversarial, const label_tensor<B>& labels, attack_result<T, B>& r) {
-    const auto& logits = model_.forward(adversarial, ws_.at_point, mode::eval);
+    const auto& logits = model_.forward(adversarial, score_tape_, mode::eval);
     tensor<T, B> per_example;
     Loss::evaluate(logits, labels, static_cast<tensor<T, B>*>(nullptr), reduction::sum, &per_example);
     r.loss = per_example.to_vector();
@@ -155,6 +160,7 @@ class pga {
   Model& model_;
   attack_options<T> options_;
   typename kernel::template workspace<Model> ws_;
+  typename Model::tape score_tape_;
 };
 
 /// make_pga<linf>(model, options): the attack with its types deduced.

@@ -96,7 +96,7 @@ struct data_dependent_snr {
     if (regularizer == form::jacobian) {
       const auto pairs = exact_kernel{}.run(model, x, nullptr, o, ws.exact);
       // The kernel's tape already holds the eval-mode pass at x.
-      return jacobian_objective(model, tape, ws.exact.at_x, x, pairs.v, y);
+      return jacobian_objective(model, tape, ws.exact.operator_state.tape_of_last_forward(), x, pairs.v, y);
     }
     // The clean train-mode pass comes first: it updates the running
     // statistics (once), and with statistics::clean_batch its statistics

@@ -77,14 +77,26 @@ class global_snr {
       if (found == left_vectors_.end())
         throw std::invalid_argument("opnorm::global_snr: no persistent vector for weight '" + p.name +
                                     "': the method was built for another model");
+      // The kernel iterates on W^T from W's persistent left vector u (one row):
+      // v_K is the new left vector and u_K / ||u_K|| the right vector.
       tensor<T, Backend>& u = found->second;
-      const T sigma = kernel::run(*p.value, u, v_, iterations);
+      const index_t rows = p.value->dim(0), cols = p.value->size() / rows;
+      u.reshape({1, rows});
+      if (origin_.shape() != shape_t{1, rows}) origin_ = tensor<T, Backend>({1, rows}, T(0));
+      iteration_options<T> o;
+      o.iterations = iterations;
+      const auto pairs = kernel{}.run(*p.value, origin_, nullptr, o, ws_, &u);
+      assign(pairs.v, u);
+      u.reshape({rows});
+      const T sigma = pairs.sigma.to_vector()[0];  // one number to the host
       last_sigma_[p.name] = static_cast<double>(sigma);
       penalty += lambda / 2 * static_cast<double>(sigma) * static_cast<double>(sigma);
-      const index_t rows = p.value->dim(0), cols = p.value->size() / rows;
-      // grad (rows x cols) += lambda sigma u v^T: a rank-one GEMM.
-      backend_ops<Backend>::gemm(false, false, rows, cols, 1, static_cast<T>(lambda) * sigma, u.data(), 1, v_.data(),
-                    cols, T(1), p.grad->data(), cols);
+      // grad (rows x cols) += lambda sigma u v^T with v = u_K / ||u_K||: a
+      // rank-one GEMM, the 1 / ||u_K|| folded into its scale.
+      const T right_norm = l2_norm_of_row(pairs.u);
+      if (right_norm == T(0)) continue;  // W = 0: sigma = 0 and no gradient
+      backend_ops<Backend>::gemm(false, false, rows, cols, 1, static_cast<T>(lambda) * sigma / right_norm, u.data(),
+                                 1, pairs.u.data(), cols, T(1), p.grad->data(), cols);
     }
     return penalty;
   }
@@ -108,7 +120,15 @@ class global_snr {
 
   std::map<std::string, tensor<T, Backend>> left_vectors_;
   std::map<std::string, double> last_sigma_;
-  tensor<T, Backend> v_;
+  // ||row 0|| of a (1, cols) tensor, on the backend.
+  static T l2_norm_of_row(const tensor<T, Backend>& row) {
+    tensor<T, Backend> norms;
+    l2_norms(row, norms);
+    return norms.to_vector()[0];
+  }
+
+  typename kernel::template workspace<tensor<T, Backend>> ws_;
+  tensor<T, Backend> origin_;  // the (1, rows) point: W^T is linear, so any point would do
 };
 
 }  // namespace opnorm

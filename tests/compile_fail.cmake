@@ -16,3 +16,6 @@ opnorm_compile_fail(backend_without_ops "a backend tag needs a specialization of
 opnorm_compile_fail(backend_without_gemm "a backend must provide gemm, gemm_batched and gemm_batched_sum")
 opnorm_compile_fail(norm_without_projection "projected_step projects every iterate onto the eps-ball, so its Norm must provide project\\(delta, eps\\)")
 opnorm_compile_fail(loss_without_gradient "loss_gradient<Loss> needs Loss::evaluate\\(logits, target, gradient\\*, reduction\\) to write the gradient")
+opnorm_compile_fail(layer_without_jvp "a layer must provide jvp\\(x, y, const cache& c, dx, tensor& dy\\) const: the forward-mode product")
+opnorm_compile_fail(layer_without_jvp_parameter_vjp "jvp_parameter_vjp \\(data-dependent SNR's Jacobian-form gradient, Eq. 8\\) needs every layer with parameters to provide jvp_parameter_vjp")
+opnorm_compile_fail(layer_parameters_without_jvp_parameter_vjp "a layer with has_parameters = true must provide jvp_parameter_vjp.*or opt out with `static constexpr bool supports_jvp_parameter_vjp = false;`")

@@ -1,13 +1,14 @@
 #pragma once
-// One generic finite-difference checker for every layer and network, in
-// double precision: central differences of the forward pass against the
-// layer's VJP (input and parameters) and JVP.
+// Finite-difference helpers for every layer and network, in double
+// precision, and check_layer_passes: the library's own layer checker
+// (opnorm/testing/check_layer.hpp) with each of its results asserted.
 #include <doctest/doctest.h>
 
 #include <cmath>
 #include <random>
 
 #include <opnorm/sequential.hpp>
+#include <opnorm/testing/check_layer.hpp>
 
 #include "test_backends.hpp"
 
@@ -64,64 +65,20 @@ tensor<double, B> finite_difference_gradient(tensor<double, B>& t, Objective&& o
   return fd;
 }
 
-/// Checks vjp (input and every trainable parameter) and jvp of a layer at x
-/// against central finite differences with step h. The scalar probed is
-/// <gy, f(x)> for a random gy, so every output contributes.
+/// Runs the shipped opnorm::testing::check_layer (include/opnorm/testing/
+/// check_layer.hpp) on layer at x and CHECKs each of its results: vjp with
+/// respect to the input and to every trainable parameter, jvp, the adjointness
+/// of vjp and jvp, and jvp_parameter_vjp where the layer has it, each against
+/// central finite differences (step h) with relative error below tolerance.
 template <class Layer>
-void check_layer(Layer& layer, const tensor<double, typename Layer::backend_type>& x, mode m, double tolerance = 1e-6,
-                 double h = 1e-6, std::uint64_t seed = 7) {
-  using B = typename Layer::backend_type;
-  using tensor_d = tensor<double, B>;
-  std::mt19937_64 rng(seed);
-  typename Layer::cache cache;
-  tensor_d y;
-  layer.forward(x, y, cache, m);
-  const tensor_d gy = random_tensor<B>(y.shape(), rng);
-
-  auto probe = [&](const tensor_d& input) {
-    typename Layer::cache c;
-    tensor_d out;
-    layer.forward(input, out, c, m);
-    return dot(gy, out);
-  };
-
-  // Parameter gradients accumulate; start from zero.
-  state_list<double, B> state;
-  layer.collect_state(state, "");
-  for (auto& p : state.parameters) p.grad->set_zero();
-
-  // Forward again so the cache belongs to x (probes above used their own).
-  layer.forward(x, y, cache, m);
-  tensor_d gx;
-  layer.vjp(x, y, cache, gy, &gx, true);
-
-  SUBCASE("vjp with respect to the input") {
-    tensor_d xp = x;
-    CHECK(relative_error(gx, finite_difference_gradient(xp, [&] { return probe(xp); }, h)) < tolerance);
-  }
-  SUBCASE("vjp with respect to the parameters") {
-    for (auto& p : state.parameters) {
-      CAPTURE(p.name);
-      CHECK(relative_error(*p.grad, finite_difference_gradient(*p.value, [&] { return probe(x); }, h)) < tolerance);
-    }
-  }
-  SUBCASE("jvp") {
-    const tensor_d dx = random_tensor<B>(x.shape(), rng);
-    tensor_d jv;
-    layer.forward(x, y, cache, m);
-    layer.jvp(x, y, cache, dx, jv);
-    tensor_d xp = x, xm = x;
-    for (index_t i = 0; i < x.size(); ++i) {
-      xp[i] += h * dx[i];
-      xm[i] -= h * dx[i];
-    }
-    typename Layer::cache cp, cm;
-    tensor_d yp, ym;
-    layer.forward(xp, yp, cp, m);
-    layer.forward(xm, ym, cm, m);
-    tensor_d fd(y.shape());
-    for (index_t i = 0; i < fd.size(); ++i) fd[i] = (yp[i] - ym[i]) / (2 * h);
-    CHECK(relative_error(jv, fd) < tolerance);
+void check_layer_passes(Layer& layer, const tensor<double, typename Layer::backend_type>& x, mode m,
+                        double tolerance = 1e-6, double h = 1e-6, std::uint64_t seed = 7) {
+  const layer_check_report report = check_layer(layer, x, m, tolerance, h, seed);
+  INFO(report.describe());
+  REQUIRE(!report.checks.empty());
+  for (const layer_check& c : report.checks) {
+    CAPTURE(c.name);
+    CHECK(c.error < c.tolerance);
   }
 }
 

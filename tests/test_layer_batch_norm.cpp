@@ -26,46 +26,46 @@ batch_norm<double, B> make_layer(index_t features, bool affine, std::mt19937_64&
 TEST_CASE_TEMPLATE("batch_norm 2d, affine, train mode: vjp and jvp match finite differences", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(1);
   auto layer = make_layer<B>(3, true, rng);
-  check_layer(layer, random_tensor<B>({3, 3, 4, 5}, rng, -2.0, 3.0), mode::train);
+  check_layer_passes(layer, random_tensor<B>({3, 3, 4, 5}, rng, -2.0, 3.0), mode::train);
 }
 
 TEST_CASE_TEMPLATE("batch_norm 2d, no affine, train mode: vjp and jvp match finite differences",
                    B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(2);
   auto layer = make_layer<B>(4, false, rng);
-  check_layer(layer, random_tensor<B>({2, 4, 3, 3}, rng), mode::train);
+  check_layer_passes(layer, random_tensor<B>({2, 4, 3, 3}, rng), mode::train);
 }
 
 TEST_CASE_TEMPLATE("batch_norm 2d, affine, eval mode: vjp and jvp match finite differences", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(3);
   auto layer = make_layer<B>(3, true, rng);
-  check_layer(layer, random_tensor<B>({2, 3, 3, 4}, rng), mode::eval);
+  check_layer_passes(layer, random_tensor<B>({2, 3, 3, 4}, rng), mode::eval);
 }
 
 TEST_CASE_TEMPLATE("batch_norm 2d, no affine, eval mode: vjp and jvp match finite differences",
                    B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(4);
   auto layer = make_layer<B>(2, false, rng);
-  check_layer(layer, random_tensor<B>({2, 2, 3, 3}, rng), mode::eval);
+  check_layer_passes(layer, random_tensor<B>({2, 2, 3, 3}, rng), mode::eval);
 }
 
 TEST_CASE_TEMPLATE("batch_norm 1d, affine, train mode: vjp and jvp match finite differences", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(5);
   auto layer = make_layer<B>(5, true, rng);
-  check_layer(layer, random_tensor<B>({6, 5}, rng), mode::train);
+  check_layer_passes(layer, random_tensor<B>({6, 5}, rng), mode::train);
 }
 
 TEST_CASE_TEMPLATE("batch_norm 1d, no affine, train mode: vjp and jvp match finite differences",
                    B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(6);
   auto layer = make_layer<B>(4, false, rng);
-  check_layer(layer, random_tensor<B>({3, 4}, rng), mode::train);
+  check_layer_passes(layer, random_tensor<B>({3, 4}, rng), mode::train);
 }
 
 TEST_CASE_TEMPLATE("batch_norm 1d, affine, eval mode: vjp and jvp match finite differences", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(7);
   auto layer = make_layer<B>(5, true, rng);
-  check_layer(layer, random_tensor<B>({4, 5}, rng), mode::eval);
+  check_layer_passes(layer, random_tensor<B>({4, 5}, rng), mode::eval);
 }
 
 TEST_CASE_TEMPLATE("batch_norm train mode: output and running statistics follow PyTorch's rules",

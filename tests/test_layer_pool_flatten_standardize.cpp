@@ -66,19 +66,19 @@ TEST_CASE_TEMPLATE("max_pool2d: forward matches the direct definition", B, OPNOR
 TEST_CASE_TEMPLATE("max_pool2d 2x2 stride 2: vjp and jvp match finite differences", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(2);
   max_pool2d<double, B> layer(2);
-  check_layer(layer, distinct_values<B>({2, 3, 4, 6}, rng), mode::train);
+  check_layer_passes(layer, distinct_values<B>({2, 3, 4, 6}, rng), mode::train);
 }
 
 TEST_CASE_TEMPLATE("max_pool2d 2x2 on odd sizes (floor mode drops the last row and column)", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(3);
   max_pool2d<double, B> layer(2);
-  check_layer(layer, distinct_values<B>({2, 2, 5, 7}, rng), mode::train);
+  check_layer_passes(layer, distinct_values<B>({2, 2, 5, 7}, rng), mode::train);
 }
 
 TEST_CASE_TEMPLATE("max_pool2d 3x3 stride 2: overlapping windows add their gradients", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(4);
   max_pool2d<double, B> layer(3, 2);
-  check_layer(layer, distinct_values<B>({2, 2, 7, 7}, rng), mode::train);
+  check_layer_passes(layer, distinct_values<B>({2, 2, 7, 7}, rng), mode::train);
 }
 
 TEST_CASE_TEMPLATE("max_pool2d: ties go to the first maximum, which receives the whole gradient",
@@ -125,7 +125,7 @@ TEST_CASE("max_pool2d: output shapes and errors") {
 TEST_CASE_TEMPLATE("flatten: vjp and jvp match finite differences", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(5);
   flatten<double, B> layer;
-  check_layer(layer, random_tensor<B>({3, 2, 3, 2}, rng), mode::train);
+  check_layer_passes(layer, random_tensor<B>({3, 2, 3, 2}, rng), mode::train);
 }
 
 TEST_CASE_TEMPLATE("flatten: keeps the row-major order and the batch dimension", B, OPNORM_TEST_BACKENDS) {
@@ -152,13 +152,13 @@ TEST_CASE_TEMPLATE("flatten: keeps the row-major order and the batch dimension",
 TEST_CASE_TEMPLATE("standardize per channel: vjp and jvp match finite differences", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(7);
   standardize<double, B> layer({0.5, -0.25, 0.125}, {0.3, 2.0, 0.7});
-  check_layer(layer, random_tensor<B>({2, 3, 3, 2}, rng), mode::train);
+  check_layer_passes(layer, random_tensor<B>({2, 3, 3, 2}, rng), mode::train);
 }
 
 TEST_CASE_TEMPLATE("standardize with one shared value: vjp and jvp match finite differences", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(8);
   standardize<double, B> layer({0.2860}, {0.3530});
-  check_layer(layer, random_tensor<B>({2, 3, 2, 2}, rng, 0.0, 1.0), mode::eval);
+  check_layer_passes(layer, random_tensor<B>({2, 3, 2, 2}, rng, 0.0, 1.0), mode::eval);
 }
 
 TEST_CASE_TEMPLATE("standardize: (x - mean_c) / std_c, channel by channel", B, OPNORM_TEST_BACKENDS) {

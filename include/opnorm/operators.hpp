@@ -30,6 +30,19 @@
 //   weight_operator                 A = W^T for one weight matrix W (global
 //                                   SNR; a conv kernel is viewed as (out, in*kh*kw)).
 //
+// The paper's methods are compositions (see methods/ and attacks/):
+//
+//   data-dependent SNR (Eq. 7/9)  jacobian_operator<finite_difference>, l2, unbounded_step
+//   exact power method (Eq. 7/8)  jacobian_operator<exact_jvp>,         l2, no_step
+//   l2-PGA (Eq. 11/12)            jacobian_operator<loss_gradient<CE>>, l2, projected_step
+//   Theorem 1's PGA               jacobian_operator<loss_gradient<sum_of_squares>>, l2, projected_step
+//                                 with alpha -> infinity, whose iterates Lemma 1 shows are x + eps v_k:
+//                                 the unbounded_step (tests/test_power_iteration.cpp checks both)
+//   global SNR (Yoshida-Miyato)   weight_operator, l2, no_step   (A = W^T, one matrix at a time)
+//
+// A model is evaluated in mode::eval throughout: BatchNorm uses running
+// statistics and nothing in the model changes.
+//
 // A Direction provides
 //   template <class Model> struct state;
 //   prepare(model, x, labels, state)

@@ -15,18 +15,9 @@
 // losses.hpp) and checks, with its own static_assert, the policies it is
 // composed with.
 //
-// and the compositions are the paper's methods (see methods/ and attacks.hpp):
-//
-//   data-dependent SNR (Eq. 7/9)  jacobian_operator<finite_difference>, l2, unbounded_step
-//   exact power method (Eq. 7/8)  jacobian_operator<exact_jvp>,         l2, no_step
-//   l2-PGA (Eq. 11/12)            jacobian_operator<loss_gradient<CE>>, l2, projected_step
-//   Theorem 1's PGA               jacobian_operator<loss_gradient<sum_of_squares>>, l2, projected_step
-//                                 with alpha -> infinity, whose iterates Lemma 1 shows are x + eps v_k:
-//                                 the unbounded_step (tests/test_power_iteration.cpp checks both)
-//   global SNR (Yoshida-Miyato)   weight_operator, l2, no_step   (A = W^T, one matrix at a time)
-//
-// A model is evaluated in mode::eval throughout: BatchNorm uses running
-// statistics and nothing in the model changes.
+// The paper's methods are compositions of these policies; operators.hpp
+// lists them. Operators on a model evaluate it in eval mode: BatchNorm uses
+// running statistics and nothing in the model changes.
 #include <type_traits>
 
 #include "detail/options.hpp"
@@ -55,8 +46,8 @@ struct ignore_iterates {
 template <class Operator, class Norm, class Step>
 class power_iteration {
   static_assert(is_operator<Operator>::value,
-                "the Operator of a power iteration must be an operator policy such as jacobian_operator<Direction> or "
-                "weight_operator: tensor_type<Subject>, state<Subject>, prepare, apply, adjoint and composition<Norm, Step>");
+                "the Operator of a power iteration must be an operator policy (operators.hpp): tensor_type<Subject>, "
+                "state<Subject>, prepare, apply, adjoint and composition<Norm, Step>");
   static_assert(detail::has_steepest_ascent<Norm>::value,
                 "the Norm of a power iteration must provide steepest_ascent(g, v), the unit direction v that maximizes <g, v>");
   static_assert(detail::has_dual_norms<Norm>::value,
@@ -75,7 +66,7 @@ class power_iteration {
   using step_type = Step;
 
   /// The tensors the iteration runs on, for a subject (a model, or a
-  /// weight matrix for weight_operator).
+  /// weight matrix).
   template <class Subject>
   using tensor_type = typename Operator::template tensor_type<std::remove_const_t<Subject>>;
 

@@ -6,17 +6,27 @@
 // per-layer caches live in a separate tape, so several forward passes (clean
 // and perturbed inputs, as data-dependent SNR needs) can be alive at once.
 #include <random>
+#include <stdexcept>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "layers/layer.hpp"
+#include "layers/layer_concept.hpp"
 
 namespace opnorm {
 
 template <class... Layers>
 class sequential {
   static_assert(sizeof...(Layers) > 0, "a sequential network needs at least one layer");
+  // Checks every layer against the contract (layers/layer_concept.hpp)
+  // before anything below names a layer's members, so a layer that breaks it
+  // fails here with the sentence of the member it lacks.
+  static_assert((layer_contract<Layers>::value && ...),
+                "every layer of a sequential network must satisfy the layer contract (the messages above name "
+                "what is missing)");
   using first_layer = std::tuple_element_t<0, std::tuple<Layers...>>;
 
  public:
@@ -48,6 +58,10 @@ class sequential {
     initialize(0);
     first_trainable_ = find_first_trainable(std::index_sequence_for<Layers...>{});
   }
+
+  /// True when jvp_parameter_vjp (data-dependent SNR's Eq. 8) is available:
+  /// every layer with parameters differentiates its JVP with respect to them.
+  static constexpr bool supports_jvp_parameter_vjp = (layer_supports_jvp_parameter_vjp_v<Layers> && ...);
 
   /// Re-draws every parameter from a generator seeded with seed (PyTorch's
   /// default schemes); the same seed gives the same weights on every backend.
@@ -151,6 +165,12 @@ class sequential {
   /// pushes dx forward through the layers' JVPs, then pulls g back through
   /// their VJPs, letting each layer with parameters add its explicit term.
   void jvp_parameter_vjp(tape& t, const tensor_type& dx, const tensor_type& g) {
+    // A layer skipped here would leave its parameters' share of the gradient
+    // out, and the result would be a wrong gradient rather than an error.
+    static_assert(supports_jvp_parameter_vjp,
+                  "jvp_parameter_vjp (data-dependent SNR's Jacobian-form gradient, Eq. 8) needs every layer with "
+                  "parameters to provide jvp_parameter_vjp(x, y, cache, dx, g); a layer of this network declares "
+                  "supports_jvp_parameter_vjp = false");
     require_differentiable(t);
     t.tangents.resize(depth + 1);
     assign(dx, t.tangents[0]);
@@ -163,6 +183,18 @@ class sequential {
     state_list<scalar, backend_type> s;
     collect(s, std::index_sequence_for<Layers...>{});
     return s;
+  }
+
+  /// The parameters that are weight matrices, as each layer's
+  /// collect_weight_matrices hook names them (layers/layer_concept.hpp): the
+  /// tensors the global spectral norm regularizer penalizes, under their
+  /// state() names ("3.weight") and with their gradients, in layer order. A
+  /// tensor of rank > 2 stands for the matrix (dim 0, the other dims
+  /// together), as a conv kernel (out, in, kh, kw) is (out, in * kh * kw).
+  std::vector<named_tensor<scalar, backend_type>> weight_matrices() {
+    std::vector<named_tensor<scalar, backend_type>> out;
+    collect_weights(out, std::index_sequence_for<Layers...>{});
+    return out;
   }
 
   /// A copy of this network on backend B2: each layer L<T, B> becomes
@@ -208,7 +240,7 @@ class sequential {
       auto& layer = std::get<L>(layers_);
       const tensor_type& in = L == 0 ? x : t.activations[1 + (L - 1) % 2];
       tensor_type& out = L + 1 == depth ? t.activations[depth] : t.activations[1 + L % 2];
-      if constexpr (has_borrowed_statistics<std::decay_t<decltype(layer)>>::value) {
+      if constexpr (has_layer_borrowed_statistics<std::decay_t<decltype(layer)>>::value) {
         if (lender) {
           layer.forward_with_statistics_of(in, out, std::get<L>(t.caches), std::get<L>(lender->caches));
           return;
@@ -226,20 +258,12 @@ class sequential {
           "differentiate at; record it with forward");
   }
 
-  template <class L, class = void>
-  struct has_borrowed_statistics : std::false_type {};
-  template <class L>
-  struct has_borrowed_statistics<L, std::void_t<decltype(std::declval<L&>().forward_with_statistics_of(
-                                        std::declval<const tensor_type&>(), std::declval<tensor_type&>(),
-                                        std::declval<typename L::cache&>(), std::declval<typename L::cache&>()))>>
-      : std::true_type {};
-
   template <std::size_t... I>
   void forward_layers_borrowing(tape& t, tape& lender, std::index_sequence<I...>) {
     auto step = [&](auto index) {
       constexpr std::size_t L = decltype(index)::value;
       auto& layer = std::get<L>(layers_);
-      if constexpr (has_borrowed_statistics<std::decay_t<decltype(layer)>>::value)
+      if constexpr (has_layer_borrowed_statistics<std::decay_t<decltype(layer)>>::value)
         layer.forward_with_statistics_of(t.activations[L], t.activations[L + 1], std::get<L>(t.caches),
                                          std::get<L>(lender.caches));
       else
@@ -296,16 +320,10 @@ class sequential {
      ...);
   }
 
-  template <class L, class = void>
-  struct has_jvp_parameter_vjp : std::false_type {};
-  template <class L>
-  struct has_jvp_parameter_vjp<L, std::void_t<decltype(std::declval<L&>().jvp_parameter_vjp(
-                                      std::declval<const tensor_type&>(), std::declval<const tensor_type&>(),
-                                      std::declval<const typename L::cache&>(), std::declval<const tensor_type&>(),
-                                      std::declval<const tensor_type&>()))>> : std::true_type {};
-
   // Walks the layers backwards like vjp_layers; layers without parameters
-  // only pass the gradient on.
+  // only pass the gradient on (the static_assert in jvp_parameter_vjp and the
+  // check in the constructor make sure those are the only ones without
+  // jvp_parameter_vjp).
   template <std::size_t... I>
   void jvp_parameter_vjp_layers(tape& t, const tensor_type& g, std::index_sequence<I...>) {
     const tensor_type* incoming = &g;
@@ -314,7 +332,7 @@ class sequential {
       constexpr std::size_t L = depth - 1 - decltype(index)::value;
       auto& layer = std::get<L>(layers_);
       using layer_type = std::decay_t<decltype(layer)>;
-      if constexpr (has_jvp_parameter_vjp<layer_type>::value)
+      if constexpr (has_layer_jvp_parameter_vjp<layer_type>::value)
         layer.jvp_parameter_vjp(t.activations[L], t.activations[L + 1], std::get<L>(t.caches), t.tangents[L], *incoming);
       if (L == 0) return;
       tensor_type* out = &scratch_[static_cast<std::size_t>(slot)];
@@ -331,12 +349,33 @@ class sequential {
   }
 
   template <std::size_t... I>
+  void collect_weights(std::vector<named_tensor<scalar, backend_type>>& out, std::index_sequence<I...>) {
+    auto visit = [&](auto index) {
+      constexpr std::size_t L = decltype(index)::value;
+      using layer_type = std::tuple_element_t<L, std::tuple<Layers...>>;
+      if constexpr (has_layer_weight_matrices<layer_type>::value)
+        std::get<L>(layers_).collect_weight_matrices(out, std::to_string(L) + ".");
+    };
+    (visit(std::integral_constant<std::size_t, I>{}), ...);
+  }
+
+  // Also enforces has_parameters: a layer whose collect_state reports
+  // trainable parameters must declare them, since the compile-time checks of
+  // Eq. 8 (jvp_parameter_vjp) can only see what the type declares.
+  template <std::size_t... I>
   std::size_t find_first_trainable(std::index_sequence<I...>) {
     std::size_t first = depth;
     auto visit = [&](auto index) {
       constexpr std::size_t L = decltype(index)::value;
+      using layer_type = std::tuple_element_t<L, std::tuple<Layers...>>;
       state_list<scalar, backend_type> s;
       std::get<L>(layers_).collect_state(s, "");
+      if (!s.parameters.empty() && !layer_has_parameters<layer_type>::value)
+        throw std::logic_error("opnorm::sequential: layer " + std::to_string(L) + " reports trainable parameter '" +
+                               s.parameters.front().name +
+                               "' from collect_state but its type does not declare `static constexpr bool "
+                               "has_parameters = true;` (layers/layer_concept.hpp), without which data-dependent "
+                               "SNR's Eq. 8 gradient (jvp_parameter_vjp) would silently leave it out");
       if (!s.parameters.empty() && first == depth) first = L;
     };
     (visit(std::integral_constant<std::size_t, I>{}), ...);

@@ -40,6 +40,10 @@ class batch_norm {
  public:
   using scalar = T;
   using backend_type = Backend;
+  /// The affine scale and shift are trainable (affine = false leaves the
+  /// list empty at run time; the type still declares it); jvp_parameter_vjp
+  /// below serves Eq. 8.
+  static constexpr bool has_parameters = true;
 
   /// The per-channel statistics the forward pass normalized with, and
   /// whether they were the batch's own (then they depend on the input).

@@ -76,6 +76,8 @@ class conv2d {
  public:
   using scalar = T;
   using backend_type = Backend;
+  /// Trainable weight (and bias); jvp_parameter_vjp below serves Eq. 8.
+  static constexpr bool has_parameters = true;
 
   /// im2col scratch, reused across passes. vjp and jvp receive the cache as
   /// const (it describes the forward point), but the scratch is not part of
@@ -255,6 +257,13 @@ class conv2d {
   void collect_state(state_list<T, Backend>& s, const std::string& prefix) {
     s.parameters.push_back({prefix + "weight", &weight_, &weight_grad_});
     if (has_bias_) s.parameters.push_back({prefix + "bias", &bias_, &bias_grad_});
+  }
+
+  /// The kernel (out, in, k, k) is the layer's one weight matrix, read as
+  /// (out, in * k * k), for the global spectral norm regularizer
+  /// (sequential::weight_matrices).
+  void collect_weight_matrices(std::vector<named_tensor<T, Backend>>& out, const std::string& prefix) {
+    out.push_back({prefix + "weight", &weight_, &weight_grad_});
   }
 
   /// PyTorch's default: kaiming_uniform(a = sqrt(5)) for the weight, which is

@@ -11,6 +11,8 @@ class dense {
  public:
   using scalar = T;
   using backend_type = Backend;
+  /// Trainable weight (and bias); jvp_parameter_vjp below serves Eq. 8.
+  static constexpr bool has_parameters = true;
   struct cache {};
 
   dense(index_t in_features, index_t out_features, bool bias = true)
@@ -110,6 +112,12 @@ class dense {
   void collect_state(state_list<T, Backend>& s, const std::string& prefix) {
     s.parameters.push_back({prefix + "weight", &weight_, &weight_grad_});
     if (has_bias_) s.parameters.push_back({prefix + "bias", &bias_, &bias_grad_});
+  }
+
+  /// The weight is the layer's one weight matrix, (out, in), for the global
+  /// spectral norm regularizer (sequential::weight_matrices).
+  void collect_weight_matrices(std::vector<named_tensor<T, Backend>>& out, const std::string& prefix) {
+    out.push_back({prefix + "weight", &weight_, &weight_grad_});
   }
 
   /// PyTorch's default: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.

@@ -21,6 +21,15 @@
 // iterations pass false so they never compute parameter gradients only to
 // throw them away. jvp computes J(x) dx at the point of the last forward
 // (forward-mode with respect to the input; parameters held fixed).
+//
+// Layers with trainable parameters also declare
+//   static constexpr bool has_parameters = true;
+// and provide jvp_parameter_vjp (data-dependent SNR's Eq. 8) or opt out with
+// supports_jvp_parameter_vjp = false; a layer whose parameters include
+// weight matrices hands them to the global SNR through
+// collect_weight_matrices. layer_concept.hpp states and checks all of it,
+// member by member, and sequential<Layers...> runs that check on each layer;
+// testing/check_layer.hpp checks a layer's derivatives numerically.
 #include <cstdint>
 #include <random>
 #include <stdexcept>

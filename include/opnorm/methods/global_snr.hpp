@@ -3,9 +3,11 @@
 //
 //   l(y, f(x)) + lambda / 2 * sum_W sigma(W)^2,
 //
-// over every weight matrix W: dense weights (out, in), and conv kernels
-// viewed as (out, in * kh * kw) as torch.nn.utils.spectral_norm does.
-// BatchNorm scales (rank 1) are not matrices and are left alone.
+// over every weight matrix W: the ones each layer lists through its
+// collect_weight_matrices hook (sequential::weight_matrices), that is dense
+// weights (out, in) and conv kernels viewed as (out, in * kh * kw) as
+// torch.nn.utils.spectral_norm does. BatchNorm scales are not matrices and
+// are left alone.
 //
 // Each W keeps a persistent left vector u across steps, so one iteration per
 // step (the kernel composed as weight_operator, l2, no_step) suffices. The
@@ -36,8 +38,7 @@ class global_snr {
     check_options();
     static_assert(std::is_same_v<typename Model::scalar, T> && std::is_same_v<typename Model::backend_type, Backend>,
                   "global_snr<T, Backend> must match the model's scalar type and backend");
-    for (auto& p : model.state().parameters) {
-      if (!is_weight_matrix(p)) continue;
+    for (auto& p : model.weight_matrices()) {
       tensor<T, Backend> seed_row({1, p.value->dim(0)}, T(0));
       const std::uint64_t key = random::fingerprint(p.name.data(), static_cast<index_t>(p.name.size()));
       tensor<T, Backend> u;
@@ -71,8 +72,7 @@ class global_snr {
   template <class Model>
   double add_penalty_gradients(Model& model) {
     double penalty = 0;
-    for (auto& p : model.state().parameters) {
-      if (!is_weight_matrix(p)) continue;
+    for (auto& p : model.weight_matrices()) {
       auto found = left_vectors_.find(p.name);
       if (found == left_vectors_.end())
         throw std::invalid_argument("opnorm::global_snr: no persistent vector for weight '" + p.name +
@@ -112,12 +112,6 @@ class global_snr {
   }
 
  private:
-  static bool is_weight_matrix(const named_tensor<T, Backend>& p) {
-    const std::string suffix = "weight";
-    return p.value->rank() >= 2 && p.name.size() >= suffix.size() &&
-           p.name.compare(p.name.size() - suffix.size(), suffix.size(), suffix) == 0;
-  }
-
   std::map<std::string, tensor<T, Backend>> left_vectors_;
   std::map<std::string, double> last_sigma_;
   // ||row 0|| of a (1, cols) tensor, on the backend.

@@ -56,6 +56,15 @@ void check_labels(const char* loss, const label_tensor<B>& labels, index_t class
                                   std::to_string(classes) + ")");
 }
 
+// The same after checking that there is one label per example.
+template <class B>
+void check_labels(const char* loss, const label_tensor<B>& labels, index_t examples, index_t classes) {
+  if (labels.size() != examples)
+    throw std::invalid_argument(std::string("opnorm::") + loss + ": " + std::to_string(labels.size()) +
+                                " labels for " + std::to_string(examples) + " examples");
+  check_labels(loss, labels, classes);
+}
+
 // The indices of the four largest entries of z[0..k), largest first, ties
 // broken by the smaller index (top[p] = -1 when k <= p): pi_1..pi_4 of the
 // DLR losses. One pass, no sort: k is the number of classes.
@@ -79,28 +88,44 @@ OPNORM_HD inline T dlr_floor() {
   return static_cast<T>(1e-12);
 }
 
-// dlr and targeted_dlr are both -(z_y - z_rival) / den, with den built from
-// the top logits, and differ only in which class is the rival and in how den
-// is formed. This kernel holds what they share (the top logits, the ratio,
-// its gradient and the reduction) so that the two cannot drift apart; each
-// loss passes itself as Terms, supplying as OPNORM_HD static members
-//   true_class(classes, i), rival(classes, i, label, top),
-//   denominator(zi, top), add_denominator_gradient(gi, top, b),
-// where b = d(loss)/d(den) and the last adds b * d(den)/dz to gi.
-// A free function: nvcc rejects extended lambdas in private member functions.
-template <class Terms, class T, class B>
-T dlr_ratio(const tensor<T, B>& logits, const label_tensor<B>& classes, tensor<T, B>* gradient, reduction r,
-            tensor<T, B>* per_example) {
+// What every loss here shares: one task per example computes its value
+// and, when a gradient is wanted, its row of d(loss)/d(logits) scaled for
+// the reduction; the values are kept for per_example and reduced. Row
+// supplies the example as an OPNORM_HD static member
+//   T example(zi, k, target, i, gi, scale)
+// with zi and gi (null without a gradient) example i's k logits and
+// gradient row, and target the target tensor's data. A free function with
+// the row as a type: nvcc rejects extended lambdas in private member
+// functions, and a type keeps the losses' kernels free of nested lambdas.
+template <class Row, class T, class B, class Target>
+T per_example_loss(const tensor<T, B>& logits, const Target* target, tensor<T, B>* gradient, reduction r,
+                   tensor<T, B>* per_example) {
   const index_t n = logits.dim(0), k = logits.example_size();
   tensor<T, B> values({n});
   if (gradient) gradient->resize(logits.shape());
   const T* z = logits.data();
-  const std::int32_t* c = classes.data();
   T* val = values.data();
   T* g = gradient ? gradient->data() : nullptr;
   const T scale = r == reduction::mean ? T(1) / static_cast<T>(n) : T(1);
   backend_ops<B>::for_each_index(n, [=] OPNORM_HD(index_t i) {
-    const T* zi = z + i * k;
+    val[i] = Row::example(z + i * k, k, target, i, g ? g + i * k : nullptr, scale);
+  });
+  if (per_example) *per_example = values;
+  return reduce_per_example(values, r);
+}
+
+// dlr and targeted_dlr are both -(z_y - z_rival) / den, with den built from
+// the top logits, and differ only in which class is the rival and in how den
+// is formed. This row holds what they share (the top logits, the ratio and
+// its gradient) so that the two cannot drift apart; each loss passes itself
+// as Terms, supplying as OPNORM_HD static members
+//   true_class(classes, i), rival(classes, i, label, top),
+//   denominator(zi, top), add_denominator_gradient(gi, top, b),
+// where b = d(loss)/d(den) and the last adds b * d(den)/dz to gi.
+template <class Terms>
+struct dlr_ratio {
+  template <class T>
+  OPNORM_HD static T example(const T* zi, index_t k, const std::int32_t* c, index_t i, T* gi, T scale) {
     index_t top[4];
     top_four(zi, k, top);
     const index_t label = Terms::true_class(c, i);
@@ -109,9 +134,7 @@ T dlr_ratio(const tensor<T, B>& logits, const label_tensor<B>& classes, tensor<T
     // sums: large logits cancel exactly where the ratio is decided.
     const T margin = zi[label] - zi[rival];
     const T den = Terms::denominator(zi, top);
-    val[i] = -margin / den;
-    if (g) {
-      T* gi = g + i * k;
+    if (gi) {
       for (index_t j = 0; j < k; ++j) gi[j] = T(0);
       // d/dmargin = -1/den; d/dden = margin/den^2, formed as (margin/den)/den
       // so a tiny den cannot overflow den^2 before the division.
@@ -121,70 +144,54 @@ T dlr_ratio(const tensor<T, B>& logits, const label_tensor<B>& classes, tensor<T
       gi[rival] += a;
       Terms::add_denominator_gradient(gi, top, b);
     }
-  });
-  if (per_example) *per_example = values;
-  return reduce_per_example(values, r);
-}
+    return -margin / den;
+  }
+};
+// The target of the losses that compare logits with class labels.
+struct label_target {
+  template <class T, class B>
+  using target_type = label_tensor<B>;
+};
 }  // namespace detail
 
 /// -log softmax(z)_y, with a max-shifted log-sum-exp so large logits neither
 /// overflow nor lose the small terms.
-struct softmax_cross_entropy {
-  template <class T, class B>
-  using target_type = label_tensor<B>;
-
+struct softmax_cross_entropy : detail::label_target {
   template <class T, class B>
   static T evaluate(const tensor<T, B>& logits, const label_tensor<B>& labels, tensor<T, B>* gradient,
                     reduction r = reduction::mean, tensor<T, B>* per_example = nullptr) {
-    const index_t n = logits.dim(0), k = logits.example_size();
-    require(labels.size() == n, "softmax_cross_entropy: " + std::to_string(labels.size()) +
-                                    " labels for " + std::to_string(n) + " examples");
-    check_labels(labels, k);
-    tensor<T, B> values({n});
-    if (gradient) gradient->resize(logits.shape());
-    const T* z = logits.data();
-    const std::int32_t* y = labels.data();
-    T* val = values.data();
-    T* g = gradient ? gradient->data() : nullptr;
-    const T scale = r == reduction::mean ? T(1) / static_cast<T>(n) : T(1);
-    backend_ops<B>::for_each_index(n, [=] OPNORM_HD(index_t i) {
-      const T* zi = z + i * k;
-      T m = zi[0];
-      for (index_t j = 1; j < k; ++j) m = zi[j] > m ? zi[j] : m;
-      T s = T(0);
-      for (index_t j = 0; j < k; ++j) s += std::exp(zi[j] - m);
-      const index_t label = y[i] < 0 || y[i] >= k ? 0 : y[i];
-      // (m - z_label) + log(s) rather than (m + log(s)) - z_label: for large
-      // logits m + log(s) would round log(s) to the spacing of m (0.001 at
-      // 1e4 in float), while m - z_label is exact when the two are close.
-      val[i] = (m - zi[label]) + std::log(s);
-      if (g) {
-        // p_j for j != label. The label's own component p_label - 1 is
-        // computed as -sum_{j != label} p_j: written as a difference it
-        // rounds to exactly 0 in float once the margin exceeds about 16.6,
-        // and a confident example would then give its attack no gradient.
-        T others = T(0);
-        for (index_t j = 0; j < k; ++j) {
-          if (j == label) continue;
-          const T e = std::exp(zi[j] - m);
-          others += e;
-          g[i * k + j] = scale * (e / s);
-        }
-        g[i * k + label] = -scale * (others / s);
-      }
-    });
-    if (per_example) *per_example = values;
-    return detail::reduce_per_example(values, r);
+    detail::check_labels("softmax_cross_entropy", labels, logits.dim(0), logits.example_size());
+    return detail::per_example_loss<softmax_cross_entropy>(logits, labels.data(), gradient, r, per_example);
   }
 
- private:
-  static void require(bool ok, const std::string& what) {
-    if (!ok) throw std::invalid_argument("opnorm::" + what);
-  }
- public:  // nvcc rejects extended lambdas in private member functions
-  template <class B>
-  static void check_labels(const label_tensor<B>& labels, index_t classes) {
-    detail::check_labels("softmax_cross_entropy", labels, classes);
+  // Example i's loss and gradient row, for detail::per_example_loss; public
+  // because the kernel there calls it.
+  template <class T>
+  OPNORM_HD static T example(const T* zi, index_t k, const std::int32_t* y, index_t i, T* gi, T scale) {
+    T m = zi[0];
+    for (index_t j = 1; j < k; ++j) m = zi[j] > m ? zi[j] : m;
+    T s = T(0);
+    for (index_t j = 0; j < k; ++j) s += std::exp(zi[j] - m);
+    const index_t label = y[i] < 0 || y[i] >= k ? 0 : y[i];
+    // (m - z_label) + log(s) rather than (m + log(s)) - z_label: for large
+    // logits m + log(s) would round log(s) to the spacing of m (0.001 at
+    // 1e4 in float), while m - z_label is exact when the two are close.
+    const T value = (m - zi[label]) + std::log(s);
+    if (gi) {
+      // p_j for j != label. The label's own component p_label - 1 is
+      // computed as -sum_{j != label} p_j: written as a difference it
+      // rounds to exactly 0 in float once the margin exceeds about 16.6,
+      // and a confident example would then give its attack no gradient.
+      T others = T(0);
+      for (index_t j = 0; j < k; ++j) {
+        if (j == label) continue;
+        const T e = std::exp(zi[j] - m);
+        others += e;
+        gi[j] = scale * (e / s);
+      }
+      gi[label] = -scale * (others / s);
+    }
+    return value;
   }
 };
 
@@ -200,25 +207,21 @@ struct sum_of_squares {
     if (logits.shape() != target.shape())
       throw std::invalid_argument("opnorm::sum_of_squares: logits " + shape_string(logits.shape()) +
                                   " and target " + shape_string(target.shape()) + " differ in shape");
-    const index_t n = logits.dim(0), k = logits.example_size();
-    tensor<T, B> values({n});
-    if (gradient) gradient->resize(logits.shape());
-    const T* z = logits.data();
-    const T* t = target.data();
-    T* val = values.data();
-    T* g = gradient ? gradient->data() : nullptr;
-    const T scale = r == reduction::mean ? T(1) / static_cast<T>(n) : T(1);
-    backend_ops<B>::for_each_index(n, [=] OPNORM_HD(index_t i) {
-      T s = T(0);
-      for (index_t j = 0; j < k; ++j) {
-        const T d = z[i * k + j] - t[i * k + j];
-        s += d * d;
-        if (g) g[i * k + j] = scale * d;
-      }
-      val[i] = s / T(2);
-    });
-    if (per_example) *per_example = values;
-    return detail::reduce_per_example(values, r);
+    return detail::per_example_loss<sum_of_squares>(logits, target.data(), gradient, r, per_example);
+  }
+
+  // Example i's loss and gradient row, for detail::per_example_loss; public
+  // because the kernel there calls it.
+  template <class T>
+  OPNORM_HD static T example(const T* zi, index_t k, const T* target, index_t i, T* gi, T scale) {
+    const T* ti = target + i * k;
+    T s = T(0);
+    for (index_t j = 0; j < k; ++j) {
+      const T d = zi[j] - ti[j];
+      s += d * d;
+      if (gi) gi[j] = scale * d;
+    }
+    return s / T(2);
   }
 };
 
@@ -231,20 +234,14 @@ struct sum_of_squares {
 /// an attack on it cannot be stalled by a model that inflates its logits, as
 /// cross-entropy can (its gradient vanishes where softmax saturates). Needs
 /// at least 3 classes. Positive when y is misclassified.
-struct dlr {
-  template <class T, class B>
-  using target_type = label_tensor<B>;
-
+struct dlr : detail::label_target {
   template <class T, class B>
   static T evaluate(const tensor<T, B>& logits, const label_tensor<B>& labels, tensor<T, B>* gradient,
                     reduction r = reduction::mean, tensor<T, B>* per_example = nullptr) {
-    const index_t n = logits.dim(0), k = logits.example_size();
+    const index_t k = logits.example_size();
     if (k < 3) throw std::invalid_argument("opnorm::dlr: needs at least 3 classes (z_pi3), got " + std::to_string(k));
-    if (labels.size() != n)
-      throw std::invalid_argument("opnorm::dlr: " + std::to_string(labels.size()) + " labels for " + std::to_string(n) +
-                                  " examples");
-    detail::check_labels("dlr", labels, k);
-    return detail::dlr_ratio<dlr>(logits, labels, gradient, r, per_example);
+    detail::check_labels("dlr", labels, logits.dim(0), k);
+    return detail::per_example_loss<detail::dlr_ratio<dlr>>(logits, labels.data(), gradient, r, per_example);
   }
 
   // What sets dlr apart within detail::dlr_ratio; public because the kernel
@@ -293,10 +290,7 @@ label_tensor<B> label_pairs(const label_tensor<B>& labels, const label_tensor<B>
 /// with the same shift and scale invariance as dlr. The target is a label
 /// tensor of shape (n, 2), rows (y_i, t_i) (label_pairs). Needs at least 4
 /// classes.
-struct targeted_dlr {
-  template <class T, class B>
-  using target_type = label_tensor<B>;
-
+struct targeted_dlr : detail::label_target {
   template <class T, class B>
   static T evaluate(const tensor<T, B>& logits, const label_tensor<B>& pairs, tensor<T, B>* gradient,
                     reduction r = reduction::mean, tensor<T, B>* per_example = nullptr) {
@@ -307,7 +301,8 @@ struct targeted_dlr {
       throw std::invalid_argument("opnorm::targeted_dlr: the target must be (true class, target class) pairs of shape (" +
                                   std::to_string(n) + ", 2) (see label_pairs), got " + shape_string(pairs.shape()));
     detail::check_labels("targeted_dlr", pairs, k);
-    return detail::dlr_ratio<targeted_dlr>(logits, pairs, gradient, r, per_example);
+    return detail::per_example_loss<detail::dlr_ratio<targeted_dlr>>(logits, pairs.data(), gradient, r,
+                                                                          per_example);
   }
 
   // What sets targeted_dlr apart within detail::dlr_ratio; public because

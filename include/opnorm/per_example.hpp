@@ -85,18 +85,32 @@ tensor<T, B> slice_rows(const tensor<T, B>& x, index_t begin, index_t end) {
   return out;
 }
 
-/// Index of the largest entry of each row (the predicted class of logits).
+namespace detail {
+/// The class one row of k logits predicts: its first largest entry (ties go
+/// to the smaller index, as torch.argmax), or -1 when the row holds a NaN.
+/// A NaN row predicts no class: every comparison with NaN is false, so a
+/// plain scan would silently pick whichever class it started from, and the
+/// example would count as correct (or as reaching an attack's target) by
+/// accident. -1 matches no label; count_correct's rule is the same.
+template <class T>
+OPNORM_HD inline index_t argmax_row(const T* row, index_t k) {
+  index_t best = 0;
+  for (index_t j = 0; j < k; ++j) {
+    if (row[j] != row[j]) return -1;
+    if (row[j] > row[best]) best = j;
+  }
+  return best;
+}
+}  // namespace detail
+
+/// The predicted class of each row of logits (detail::argmax_row: the first
+/// largest entry, -1 for a row holding a NaN).
 template <class T, class B>
 std::vector<index_t> argmax_rows(const tensor<T, B>& logits) {
   const std::vector<T> h = logits.to_vector();
   const index_t n = logits.dim(0), k = logits.example_size();
   std::vector<index_t> out(static_cast<std::size_t>(n));
-  for (index_t i = 0; i < n; ++i) {
-    index_t best = 0;
-    for (index_t j = 1; j < k; ++j)
-      if (h[i * k + j] > h[i * k + best]) best = j;
-    out[i] = best;
-  }
+  for (index_t i = 0; i < n; ++i) out[i] = detail::argmax_row(h.data() + i * k, k);
   return out;
 }
 

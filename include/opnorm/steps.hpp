@@ -28,6 +28,15 @@ struct iteration_options {
   T box_min = T(0), box_max = T(1);
   bool targeted = false;  // loss_gradient: descend towards the labels instead of ascending
   std::uint64_t seed = 0;
+
+  /// These options with alpha = 0 read as the paper's step 2 eps /
+  /// iterations, the default of attacks and adversarial training: the one
+  /// place that default is written.
+  iteration_options with_default_step() const {
+    iteration_options o = *this;
+    if (o.alpha == T(0) && o.iterations > 0) o.alpha = T(2) * o.eps / static_cast<T>(o.iterations);
+    return o;
+  }
 };
 
 namespace detail {

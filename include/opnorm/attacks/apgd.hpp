@@ -461,11 +461,10 @@ class apgd {
     const std::int32_t* ys = y.data();
     mis_.resize({m});
     std::int32_t* mis = mis_.data();
+    // A NaN row predicts no class (detail::argmax_row), so it counts as
+    // misclassified; its NaN loss makes the attack throw in any case.
     backend_ops<B>::for_each_index(m, [=] OPNORM_HD(index_t i) {
-      index_t best = 0;  // the first largest logit, as argmax_rows
-      for (index_t j = 1; j < k; ++j)
-        if (z[i * k + j] > z[i * k + best]) best = j;
-      mis[i] = best != ys[i];
+      mis[i] = detail::argmax_row(z + i * k, k) != ys[i];
     });
     model_.vjp(tape_, u_, &grad_, false);
   }

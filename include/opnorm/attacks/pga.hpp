@@ -22,17 +22,14 @@
 
 namespace opnorm {
 
+/// An attack's options are the kernel's (steps.hpp: eps, alpha with 0 for
+/// 2 eps / iterations, iterations, random_start, targeted, the box, seed)
+/// plus the restarts, and clip to the pixel box [0, 1] unless told not to.
 template <class T>
-struct attack_options {
-  T eps = T(0);
-  T alpha = T(0);  // step size; 0 means 2 * eps / iterations, the paper's choice
-  int iterations = 10;
+struct attack_options : iteration_options<T> {
   int restarts = 1;  // each restart draws a new random start; the worst case is kept
-  bool random_start = true;
-  bool targeted = false;  // labels are then the targets to reach
-  bool clip_to_box = true;
-  T box_min = T(0), box_max = T(1);
-  std::uint64_t seed = 0;
+
+  attack_options() { this->clip_to_box = true; }
 };
 
 template <class T, class B>
@@ -84,15 +81,7 @@ class pga {
       score(best.adversarial, labels, best);
       return best;
     }
-    iteration_options<T> o;
-    o.iterations = options_.iterations;
-    o.eps = options_.eps;
-    o.alpha = options_.alpha > T(0) ? options_.alpha : T(2) * options_.eps / static_cast<T>(options_.iterations);
-    o.random_start = options_.random_start;
-    o.clip_to_box = options_.clip_to_box;
-    o.box_min = options_.box_min;
-    o.box_max = options_.box_max;
-    o.targeted = options_.targeted;
+    iteration_options<T> o = options_.with_default_step();
     for (int r = 0; r < options_.restarts; ++r) {
       o.seed = random::hash(options_.seed, 0x7e57a27, static_cast<std::uint64_t>(r));
       auto pairs = kernel{}.run(model_, x, &labels, o, ws_);

@@ -7,9 +7,16 @@
 // in flight (and lets the compiler use SIMD) while the order of every
 // operation stays fixed: the same inputs give the same bits on every run
 // and every thread count.
+#include <type_traits>
+
 #include "config.hpp"
 
 namespace opnorm::detail {
+
+/// What the layers accumulate sums of T in: at least double, because one
+/// channel of a batch can have 10^5 terms, too many for a float accumulator.
+template <class T>
+using accumulator_t = std::common_type_t<T, double>;
 
 template <class A>
 struct interleaved_sum {

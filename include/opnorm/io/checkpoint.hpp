@@ -23,6 +23,85 @@
 
 namespace opnorm {
 
+namespace detail {
+
+/// Checks that entries hold every tensor and counter of s, named prefix +
+/// name, with the right shapes and dtypes, and converts them into staging
+/// buffers; commit() then writes them into s. A model load and a training
+/// checkpoint's optimizer and method state go through this one routine, so
+/// both refuse a file the same way before anything changes. Problems are
+/// collected, not thrown, so one message can list all of them; owner ("model",
+/// "optimizer", "method") names what expects the tensors in them. Every name
+/// looked up is added to used.
+template <class T, class B>
+class staged_state {
+ public:
+  staged_state(const std::string& owner, const std::string& prefix, const state_list<T, B>& s,
+               const safetensors::tensor_map& entries, std::vector<std::string>& problems,
+               std::vector<std::string>& used) {
+    auto stage = [&](const named_tensor<T, B>& t) {
+      const std::string name = prefix + t.name;
+      used.push_back(name);
+      const auto found = entries.find(name);
+      if (found == entries.end()) {
+        problems.push_back("missing tensor '" + name + "' of shape " + shape_string(t.value->shape()));
+        return;
+      }
+      const safetensors::entry& e = found->second;
+      if (!safetensors::readable_as<T>(e.type)) {
+        problems.push_back("tensor '" + name + "' has dtype " + safetensors::dtype_name(e.type) + ", but " + owner +
+                           " tensors are read from F32 or F64");
+        return;
+      }
+      if (e.shape != t.value->shape()) {
+        problems.push_back("tensor '" + name + "' has shape " + shape_string(e.shape) + " in the file, but the " +
+                           owner + " expects " + shape_string(t.value->shape()));
+        return;
+      }
+      std::vector<T> values = safetensors::decode<T>(e, "tensor '" + name + "'");
+      const std::string non_finite = safetensors::first_non_finite(values, e.shape);
+      if (!non_finite.empty()) {
+        problems.push_back("tensor '" + name + "' " + non_finite);
+        return;
+      }
+      tensors_.push_back({t.value, std::move(values)});
+    };
+    for (const auto& p : s.parameters) stage(p);
+    for (const auto& b : s.buffers) stage(b);
+    for (const auto& c : s.counters) {
+      const std::string name = prefix + c.name;
+      used.push_back(name);
+      const auto found = entries.find(name);
+      if (found == entries.end()) {
+        problems.push_back("missing counter '" + name + "' (an I64 scalar of shape ())");
+        continue;
+      }
+      const safetensors::entry& e = found->second;
+      if (e.type != safetensors::dtype::I64 || !e.shape.empty()) {
+        problems.push_back("counter '" + name + "' is " + safetensors::dtype_name(e.type) + " of shape " +
+                           shape_string(e.shape) + " in the file, but the " + owner + " expects I64 of shape ()");
+        continue;
+      }
+      counters_.emplace_back(c.value, safetensors::decode<std::int64_t>(e, "counter '" + name + "'")[0]);
+    }
+  }
+
+  void commit() {
+    for (auto& t : tensors_) backend_ops<B>::copy_from_host(t.values.data(), t.target->size(), t.target->data());
+    for (const auto& [target, value] : counters_) *target = value;
+  }
+
+ private:
+  struct staged_tensor {
+    tensor<T, B>* target;
+    std::vector<T> values;
+  };
+  std::vector<staged_tensor> tensors_;
+  std::vector<std::pair<std::int64_t*, std::int64_t>> counters_;
+};
+
+}  // namespace detail
+
 /// Saves model.state() (parameters, buffers, counters) to path atomically:
 /// an existing checkpoint is replaced only by a complete new one.
 ///
@@ -68,61 +147,9 @@ safetensors::metadata_map load_checkpoint(Model& model, const std::filesystem::p
   using T = typename Model::scalar;
   using B = typename Model::backend_type;
   safetensors::contents file = safetensors::read(path);  // validates the file itself
-  auto state = model.state();
-
-  struct staged_tensor {
-    tensor<T, B>* target;
-    std::vector<T> values;
-  };
-  std::vector<staged_tensor> staged_tensors;
-  std::vector<std::pair<std::int64_t*, std::int64_t>> staged_counters;
-  std::vector<std::string> problems;
-  std::set<std::string> model_names;
-
-  auto stage_tensor = [&](const named_tensor<T, B>& t) {
-    model_names.insert(t.name);
-    const auto found = file.tensors.find(t.name);
-    if (found == file.tensors.end()) {
-      problems.push_back("missing tensor '" + t.name + "' of shape " + shape_string(t.value->shape()));
-      return;
-    }
-    const safetensors::entry& e = found->second;
-    if (!safetensors::readable_as<T>(e.type)) {
-      problems.push_back("tensor '" + t.name + "' has dtype " + safetensors::dtype_name(e.type) +
-                         ", but model tensors are read from F32 or F64");
-      return;
-    }
-    if (e.shape != t.value->shape()) {
-      problems.push_back("tensor '" + t.name + "' has shape " + shape_string(e.shape) +
-                         " in the file, but the model expects " + shape_string(t.value->shape()));
-      return;
-    }
-    std::vector<T> values = safetensors::decode<T>(e, "tensor '" + t.name + "'");
-    const std::string non_finite = safetensors::first_non_finite(values, e.shape);
-    if (!non_finite.empty()) {
-      problems.push_back("tensor '" + t.name + "' " + non_finite);
-      return;
-    }
-    staged_tensors.push_back({t.value, std::move(values)});
-  };
-  for (const auto& p : state.parameters) stage_tensor(p);
-  for (const auto& b : state.buffers) stage_tensor(b);
-
-  for (const auto& c : state.counters) {
-    model_names.insert(c.name);
-    const auto found = file.tensors.find(c.name);
-    if (found == file.tensors.end()) {
-      problems.push_back("missing counter '" + c.name + "' (an I64 scalar of shape ())");
-      continue;
-    }
-    const safetensors::entry& e = found->second;
-    if (e.type != safetensors::dtype::I64 || !e.shape.empty()) {
-      problems.push_back("counter '" + c.name + "' is " + safetensors::dtype_name(e.type) + " of shape " +
-                         shape_string(e.shape) + " in the file, but the model expects I64 of shape ()");
-      continue;
-    }
-    staged_counters.emplace_back(c.value, safetensors::decode<std::int64_t>(e, "counter '" + c.name + "'")[0]);
-  }
+  std::vector<std::string> problems, used;
+  detail::staged_state<T, B> staged("model", "", model.state(), file.tensors, problems, used);
+  const std::set<std::string> model_names(used.begin(), used.end());
 
   if (!extra)
     for (const auto& [name, e] : file.tensors)
@@ -138,9 +165,7 @@ safetensors::metadata_map load_checkpoint(Model& model, const std::filesystem::p
   }
 
   // Everything validated: only now does the model change.
-  for (auto& s : staged_tensors)
-    backend_ops<B>::copy_from_host(s.values.data(), s.target->size(), s.target->data());
-  for (const auto& [target, value] : staged_counters) *target = value;
+  staged.commit();
   if (extra) {
     extra->clear();
     for (auto& [name, e] : file.tensors)

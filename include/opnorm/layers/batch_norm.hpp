@@ -34,16 +34,16 @@
 namespace opnorm {
 
 template <class T = float, class Backend = backend::cpu>
-class batch_norm {
-  using accumulator = std::common_type_t<T, double>;
+class batch_norm : public detail::weight_and_bias<T, Backend> {
+  using accumulator = detail::accumulator_t<T>;
+  using base = detail::weight_and_bias<T, Backend>;
+  using base::weight_, base::weight_grad_, base::bias_, base::bias_grad_;
 
  public:
-  using scalar = T;
-  using backend_type = Backend;
-  /// The affine scale and shift are trainable (affine = false leaves the
-  /// list empty at run time; the type still declares it); jvp_parameter_vjp
-  /// below serves Eq. 8.
-  static constexpr bool has_parameters = true;
+  // scalar, backend_type and has_parameters come from the base: the affine
+  // scale (weight) and shift (bias) are trainable (affine = false leaves the
+  // list empty at run time; the type still declares it); jvp_parameter_vjp
+  // below serves Eq. 8.
 
   /// The per-channel statistics the forward pass normalized with, and
   /// whether they were the batch's own (then they depend on the input).
@@ -67,16 +67,8 @@ class batch_norm {
 
   explicit batch_norm(index_t features, bool affine = true, double momentum = 0.1,
                       double eps = 1e-5)
-      : features_(features), affine_(affine), momentum_(momentum), eps_(eps) {
-    require_shape(features > 0, "batch_norm", "the number of features must be positive");
-    require_shape(momentum >= 0 && momentum <= 1, "batch_norm", "momentum must lie in [0, 1]");
-    require_shape(eps > 0, "batch_norm", "eps must be positive");
-    if (affine_) {
-      weight_ = tensor<T, Backend>({features}, T(1));
-      weight_grad_ = tensor<T, Backend>({features}, T(0));
-      bias_ = tensor<T, Backend>({features}, T(0));
-      bias_grad_ = tensor<T, Backend>({features}, T(0));
-    }
+      : base(affine, {checked_features(features, momentum, eps)}, T(1), features), features_(features),
+        affine_(affine), momentum_(momentum), eps_(eps) {
     running_mean_ = tensor<T, Backend>({features}, T(0));
     running_var_ = tensor<T, Backend>({features}, T(1));
   }
@@ -87,12 +79,7 @@ class batch_norm {
   template <class B2>
   explicit batch_norm(const batch_norm<T, B2>& other)
       : batch_norm(other.features_, other.affine_, other.momentum_, other.eps_) {
-    if (affine_) {
-      weight_ = copy_to_backend<Backend>(other.weight_);
-      weight_grad_ = copy_to_backend<Backend>(other.weight_grad_);
-      bias_ = copy_to_backend<Backend>(other.bias_);
-      bias_grad_ = copy_to_backend<Backend>(other.bias_grad_);
-    }
+    this->copy_parameters(other);
     running_mean_ = copy_to_backend<Backend>(other.running_mean_);
     running_var_ = copy_to_backend<Backend>(other.running_var_);
     num_batches_tracked_ = other.num_batches_tracked_;
@@ -104,10 +91,6 @@ class batch_norm {
   bool affine() const { return affine_; }
   double momentum() const { return momentum_; }
   double eps() const { return eps_; }
-  tensor<T, Backend>& weight() { return weight_; }
-  tensor<T, Backend>& bias() { return bias_; }
-  tensor<T, Backend>& weight_grad() { return weight_grad_; }
-  tensor<T, Backend>& bias_grad() { return bias_grad_; }
   tensor<T, Backend>& running_mean() { return running_mean_; }
   const tensor<T, Backend>& running_mean() const { return running_mean_; }
   tensor<T, Backend>& running_var() { return running_var_; }
@@ -265,10 +248,7 @@ class batch_norm {
   /// PyTorch's state_dict order: weight, bias, running_mean, running_var,
   /// num_batches_tracked.
   void collect_state(state_list<T, Backend>& s, const std::string& prefix) {
-    if (affine_) {
-      s.parameters.push_back({prefix + "weight", &weight_, &weight_grad_});
-      s.parameters.push_back({prefix + "bias", &bias_, &bias_grad_});
-    }
+    this->collect_parameters(s, prefix);
     s.buffers.push_back({prefix + "running_mean", &running_mean_, nullptr});
     s.buffers.push_back({prefix + "running_var", &running_var_, nullptr});
     s.counters.push_back({prefix + "num_batches_tracked", &num_batches_tracked_});
@@ -437,10 +417,17 @@ class batch_norm {
   }
 
  private:
+  // The checks that must precede the allocation of the per-feature tensors.
+  static index_t checked_features(index_t features, double momentum, double eps) {
+    require_shape(features > 0, "batch_norm", "the number of features must be positive");
+    require_shape(momentum >= 0 && momentum <= 1, "batch_norm", "momentum must lie in [0, 1]");
+    require_shape(eps > 0, "batch_norm", "eps must be positive");
+    return features;
+  }
+
   index_t features_;
   bool affine_;
   double momentum_, eps_;
-  tensor<T, Backend> weight_, weight_grad_, bias_, bias_grad_;
   tensor<T, Backend> running_mean_, running_var_;
   std::int64_t num_batches_tracked_ = 0;
 };

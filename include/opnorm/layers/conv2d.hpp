@@ -70,14 +70,13 @@ enum class conv_algorithm {
 };
 
 template <class T = float, class Backend = backend::cpu>
-class conv2d {
-  using accumulator = std::common_type_t<T, double>;
+class conv2d : public detail::weight_and_bias<T, Backend> {
+  using base = detail::weight_and_bias<T, Backend>;
+  using base::weight_, base::weight_grad_, base::bias_, base::bias_grad_;
 
  public:
-  using scalar = T;
-  using backend_type = Backend;
-  /// Trainable weight (and bias); jvp_parameter_vjp below serves Eq. 8.
-  static constexpr bool has_parameters = true;
+  // scalar, backend_type, has_parameters (trainable weight and bias;
+  // jvp_parameter_vjp below serves Eq. 8) and the accessors come from the base.
 
   /// im2col scratch, reused across passes. vjp and jvp receive the cache as
   /// const (it describes the forward point), but the scratch is not part of
@@ -105,43 +104,26 @@ class conv2d {
 
   conv2d(index_t in_channels, index_t out_channels, index_t kernel_size, index_t stride = 1,
          index_t padding = 0, bool bias = true)
-      : in_(in_channels), out_(out_channels), k_(kernel_size), stride_(stride), pad_(padding),
-        has_bias_(bias) {
-    require_shape(in_channels > 0 && out_channels > 0, "conv2d", "channel counts must be positive");
-    require_shape(kernel_size > 0, "conv2d", "kernel_size must be positive");
-    require_shape(stride > 0, "conv2d", "stride must be positive");
-    require_shape(padding >= 0, "conv2d", "padding must not be negative");
-    weight_ = tensor<T, Backend>({out_, in_, k_, k_}, T(0));
-    weight_grad_ = tensor<T, Backend>({out_, in_, k_, k_}, T(0));
-    if (has_bias_) {
-      bias_ = tensor<T, Backend>({out_}, T(0));
-      bias_grad_ = tensor<T, Backend>({out_}, T(0));
-    }
-  }
+      : base(true, checked_weight_shape(in_channels, out_channels, kernel_size, stride, padding), T(0),
+             bias ? out_channels : 0),
+        in_(in_channels), out_(out_channels), k_(kernel_size), stride_(stride), pad_(padding) {}
 
   /// The same layer on another backend: configuration, parameters and
   /// gradients copied through the host (opnorm::to in transfer.hpp moves a
   /// whole network this way).
   template <class B2>
   explicit conv2d(const conv2d<T, B2>& other)
-      : conv2d(other.in_, other.out_, other.k_, other.stride_, other.pad_, other.has_bias_) {
-    weight_ = copy_to_backend<Backend>(other.weight_);
-    weight_grad_ = copy_to_backend<Backend>(other.weight_grad_);
-    algorithm_ = other.algorithm_;
-    if (has_bias_) {
-      bias_ = copy_to_backend<Backend>(other.bias_);
-      bias_grad_ = copy_to_backend<Backend>(other.bias_grad_);
-    }
+      : conv2d(other.in_channels(), other.out_channels(), other.kernel_size(), other.stride(), other.padding(),
+               other.has_bias()) {
+    this->copy_parameters(other);
+    algorithm_ = other.algorithm();
   }
-  template <class, class>
-  friend class conv2d;  // the converting constructor reads the other backend's members
 
   index_t in_channels() const { return in_; }
   index_t out_channels() const { return out_; }
   index_t kernel_size() const { return k_; }
   index_t stride() const { return stride_; }
   index_t padding() const { return pad_; }
-  bool has_bias() const { return has_bias_; }
 
   /// The requested lowering; winograd is refused for a layer it cannot run.
   conv_algorithm algorithm() const { return algorithm_; }
@@ -163,12 +145,6 @@ class conv2d {
     const geometry g = geometry_of(in);
     return uses_winograd() ? winograd_chunk(g) : chunk_size(g);
   }
-  tensor<T, Backend>& weight() { return weight_; }
-  const tensor<T, Backend>& weight() const { return weight_; }
-  tensor<T, Backend>& bias() { return bias_; }
-  const tensor<T, Backend>& bias() const { return bias_; }
-  tensor<T, Backend>& weight_grad() { return weight_grad_; }
-  tensor<T, Backend>& bias_grad() { return bias_grad_; }
 
   /// (N, Cin, H, W) -> (N, Cout, (H + 2p - k) / s + 1, (W + 2p - k) / s + 1).
   shape_t output_shape(const shape_t& in) const {
@@ -183,7 +159,7 @@ class conv2d {
 
   void forward(const tensor<T, Backend>& x, tensor<T, Backend>& y, cache& c, mode) {
     y.resize(output_shape(x.shape()));
-    if (has_bias_) {
+    if (this->has_bias()) {
       // The GEMMs accumulate onto the bias, which saves a pass over y.
       const T* b = bias_.data();
       T* ys = y.data();
@@ -194,7 +170,7 @@ class conv2d {
         for (index_t i = 0; i < plane; ++i) row[i] = v;
       });
     }
-    convolve(x, y, c, has_bias_ ? T(1) : T(0), /*fresh_filter=*/true);
+    convolve(x, y, c, this->has_bias() ? T(1) : T(0), /*fresh_filter=*/true);
   }
 
   void vjp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache& c,
@@ -206,7 +182,7 @@ class conv2d {
       winograd_vjp(g, x, c, gy, gx, parameter_gradients);
     else
       im2col_vjp(g, x, c, gy, gx, parameter_gradients);
-    if (parameter_gradients && has_bias_) {
+    if (parameter_gradients && this->has_bias()) {
       const T* gs = gy.data();
       T* bg = bias_grad_.data();
       const index_t out = out_, batch = g.batch, plane = g.plane_out();
@@ -214,10 +190,10 @@ class conv2d {
       // least double precision (a channel of a 128 x 28 x 28 batch has
       // 100352 terms).
       backend_ops<Backend>::for_each_segment(out, batch * plane, [=] OPNORM_HD(index_t o) {
-        detail::interleaved_sum<accumulator> sum;
+        detail::interleaved_sum<detail::accumulator_t<T>> sum;
         for (index_t n = 0; n < batch; ++n) {
           const T* row = gs + (n * out + o) * plane;
-          sum.add(plane, [=](index_t i) { return static_cast<accumulator>(row[i]); });
+          sum.add(plane, [=](index_t i) { return static_cast<detail::accumulator_t<T>>(row[i]); });
         }
         bg[o] += static_cast<T>(sum.total());
       });
@@ -229,22 +205,13 @@ class conv2d {
   /// input (J dx is the bias-free convolution of dx, linear in W).
   void jvp_parameter_vjp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache& c,
                          const tensor<T, Backend>& dx, const tensor<T, Backend>& g) {
+    // The weight gradient of the VJP with dx in place of the input and g in
+    // place of the output gradient, without the input gradient.
     const geometry geo = geometry_of(x.shape());
-    if (uses_winograd()) {
+    if (uses_winograd())
       winograd_vjp(geo, dx, c, g, nullptr, true);
-      return;
-    }
-    const index_t chunk = chunk_size(geo);
-    c.columns.resize({chunk * geo.column_size()});
-    T* col = c.columns.data();
-    for (index_t n0 = 0; n0 < geo.batch; n0 += chunk) {
-      const index_t count = std::min(chunk, geo.batch - n0);
-      im2col(geo, dx.data() + n0 * in_ * geo.plane_in(), col, count);
-      backend_ops<Backend>::gemm_batched_sum(false, true, out_, geo.k_rows, geo.plane_out(), T(1),
-                                g.data() + n0 * out_ * geo.plane_out(), geo.plane_out(), out_ * geo.plane_out(),
-                                col, geo.plane_out(), geo.column_size(), T(1), weight_grad_.data(), geo.k_rows,
-                                count);
-    }
+    else
+      im2col_vjp(geo, dx, c, g, nullptr, true);
   }
 
   /// The convolution is linear in its input; the bias does not depend on it.
@@ -254,10 +221,7 @@ class conv2d {
     convolve(dx, dy, c, T(0), /*fresh_filter=*/false);
   }
 
-  void collect_state(state_list<T, Backend>& s, const std::string& prefix) {
-    s.parameters.push_back({prefix + "weight", &weight_, &weight_grad_});
-    if (has_bias_) s.parameters.push_back({prefix + "bias", &bias_, &bias_grad_});
-  }
+  void collect_state(state_list<T, Backend>& s, const std::string& prefix) { this->collect_parameters(s, prefix); }
 
   /// The kernel (out, in, k, k) is the layer's one weight matrix, read as
   /// (out, in * k * k), for the global spectral norm regularizer
@@ -270,9 +234,7 @@ class conv2d {
   /// U(-1/sqrt(fan_in), 1/sqrt(fan_in)), and the same bound for the bias,
   /// with fan_in = Cin * k * k.
   void initialize(std::mt19937_64& rng) {
-    const double bound = 1.0 / std::sqrt(static_cast<double>(in_ * k_ * k_));
-    fill_uniform(weight_, rng, bound);
-    if (has_bias_) fill_uniform(bias_, rng, bound);
+    this->fill_uniform_parameters(rng, 1.0 / std::sqrt(static_cast<double>(in_ * k_ * k_)));
   }
 
   // The helpers below launch OPNORM_HD kernels, and nvcc rejects an extended
@@ -506,10 +468,18 @@ class conv2d {
   }
 
  private:
+  // The shape of the kernel, after the checks that must precede its allocation.
+  static shape_t checked_weight_shape(index_t in_channels, index_t out_channels, index_t kernel_size, index_t stride,
+                                      index_t padding) {
+    require_shape(in_channels > 0 && out_channels > 0, "conv2d", "channel counts must be positive");
+    require_shape(kernel_size > 0, "conv2d", "kernel_size must be positive");
+    require_shape(stride > 0, "conv2d", "stride must be positive");
+    require_shape(padding >= 0, "conv2d", "padding must not be negative");
+    return {out_channels, in_channels, kernel_size, kernel_size};
+  }
+
   index_t in_, out_, k_, stride_, pad_;
-  bool has_bias_;
   conv_algorithm algorithm_ = conv_algorithm::automatic;
-  tensor<T, Backend> weight_, weight_grad_, bias_, bias_grad_;
 };
 
 }  // namespace opnorm

@@ -7,47 +7,29 @@
 namespace opnorm {
 
 template <class T = float, class Backend = backend::cpu>
-class dense {
+class dense : public detail::weight_and_bias<T, Backend> {
+  using base = detail::weight_and_bias<T, Backend>;
+  using base::weight_, base::weight_grad_, base::bias_, base::bias_grad_;
+
  public:
-  using scalar = T;
-  using backend_type = Backend;
-  /// Trainable weight (and bias); jvp_parameter_vjp below serves Eq. 8.
-  static constexpr bool has_parameters = true;
+  // scalar, backend_type, has_parameters (trainable weight and bias;
+  // jvp_parameter_vjp below serves Eq. 8) and the accessors come from the base.
   struct cache {};
 
   dense(index_t in_features, index_t out_features, bool bias = true)
-      : in_(in_features), out_(out_features), has_bias_(bias),
-        weight_({out_features, in_features}, T(0)), weight_grad_({out_features, in_features}, T(0)) {
-    require_shape(in_features > 0 && out_features > 0, "dense", "features must be positive");
-    if (has_bias_) {
-      bias_ = tensor<T, Backend>({out_features}, T(0));
-      bias_grad_ = tensor<T, Backend>({out_features}, T(0));
-    }
-  }
+      : base(true, checked_weight_shape(in_features, out_features), T(0), bias ? out_features : 0),
+        in_(in_features), out_(out_features) {}
 
   /// The same layer on another backend: configuration, parameters and
   /// gradients copied through the host (opnorm::to in transfer.hpp moves a
   /// whole network this way).
   template <class B2>
-  explicit dense(const dense<T, B2>& other) : dense(other.in_, other.out_, other.has_bias_) {
-    weight_ = copy_to_backend<Backend>(other.weight_);
-    weight_grad_ = copy_to_backend<Backend>(other.weight_grad_);
-    if (has_bias_) {
-      bias_ = copy_to_backend<Backend>(other.bias_);
-      bias_grad_ = copy_to_backend<Backend>(other.bias_grad_);
-    }
+  explicit dense(const dense<T, B2>& other) : dense(other.in_features(), other.out_features(), other.has_bias()) {
+    this->copy_parameters(other);
   }
-  template <class, class>
-  friend class dense;  // the converting constructor reads the other backend's members
 
   index_t in_features() const { return in_; }
   index_t out_features() const { return out_; }
-  tensor<T, Backend>& weight() { return weight_; }
-  const tensor<T, Backend>& weight() const { return weight_; }
-  tensor<T, Backend>& bias() { return bias_; }
-  tensor<T, Backend>& weight_grad() { return weight_grad_; }
-  tensor<T, Backend>& bias_grad() { return bias_grad_; }
-  bool has_bias() const { return has_bias_; }
 
   shape_t output_shape(const shape_t& in) const {
     require_shape(in.size() == 2 && in[1] == in_, "dense",
@@ -59,7 +41,7 @@ class dense {
     const index_t n = x.dim(0);
     y.resize(output_shape(x.shape()));
     linear_map(x, y);
-    if (has_bias_) {
+    if (this->has_bias()) {
       const T* b = bias_.data();
       T* ys = y.data();
       const index_t out = out_;
@@ -80,7 +62,7 @@ class dense {
       // dW (out x in) += gy^T (out x n) x (n x in)
       backend_ops<Backend>::gemm(true, false, out_, in_, n, T(1), gy.data(), out_, x.data(), in_, T(1),
                     weight_grad_.data(), in_);
-      if (has_bias_) {
+      if (this->has_bias()) {
         const T* g = gy.data();
         T* bg = bias_grad_.data();
         const index_t out = out_;
@@ -109,10 +91,7 @@ class dense {
                   weight_grad_.data(), in_);
   }
 
-  void collect_state(state_list<T, Backend>& s, const std::string& prefix) {
-    s.parameters.push_back({prefix + "weight", &weight_, &weight_grad_});
-    if (has_bias_) s.parameters.push_back({prefix + "bias", &bias_, &bias_grad_});
-  }
+  void collect_state(state_list<T, Backend>& s, const std::string& prefix) { this->collect_parameters(s, prefix); }
 
   /// The weight is the layer's one weight matrix, (out, in), for the global
   /// spectral norm regularizer (sequential::weight_matrices).
@@ -122,9 +101,7 @@ class dense {
 
   /// PyTorch's default: U(-1/sqrt(in), 1/sqrt(in)) for weight and bias.
   void initialize(std::mt19937_64& rng) {
-    const double bound = 1.0 / std::sqrt(static_cast<double>(in_));
-    fill_uniform(weight_, rng, bound);
-    if (has_bias_) fill_uniform(bias_, rng, bound);
+    this->fill_uniform_parameters(rng, 1.0 / std::sqrt(static_cast<double>(in_)));
   }
 
  private:
@@ -134,9 +111,13 @@ class dense {
                   T(0), y.data(), out_);
   }
 
+  // The shape of W, after the checks that must precede its allocation.
+  static shape_t checked_weight_shape(index_t in_features, index_t out_features) {
+    require_shape(in_features > 0 && out_features > 0, "dense", "features must be positive");
+    return {out_features, in_features};
+  }
+
   index_t in_, out_;
-  bool has_bias_;
-  tensor<T, Backend> weight_, weight_grad_, bias_, bias_grad_;
 };
 
 }  // namespace opnorm

@@ -37,6 +37,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "../detail/options.hpp"
 #include "../mode.hpp"
 #include "../per_example.hpp"
 #include "../tensor.hpp"
@@ -134,9 +135,86 @@ void copy_state(const state_list<T, B>& from, const state_list<T, B2>& to) {
   for (std::size_t i = 0; i < from.counters.size(); ++i) *to.counters[i].value = *from.counters[i].value;
 }
 
-/// Throws std::invalid_argument naming the layer and both shapes.
-inline void require_shape(bool ok, const char* layer, const std::string& what) {
-  if (!ok) throw std::invalid_argument(std::string("opnorm::") + layer + ": " + what);
-}
+namespace detail {
+
+/// The trainable weight and optional bias of dense, conv2d and batch_norm
+/// (gamma and beta), with their gradients: the three keep the same four
+/// tensors, copy them to another backend, list them in the state and
+/// initialize them the same way, so they share them from here. A layer
+/// derives from it publicly (the accessors, the scalar and backend_type
+/// names and has_parameters are the layer's own interface) and names the
+/// tensors in one using-declaration, since they sit in a dependent base.
+template <class T, class Backend>
+class weight_and_bias {
+ public:
+  using scalar = T;
+  using backend_type = Backend;
+  static constexpr bool has_parameters = true;
+
+  tensor<T, Backend>& weight() { return weight_; }
+  const tensor<T, Backend>& weight() const { return weight_; }
+  tensor<T, Backend>& bias() { return bias_; }
+  const tensor<T, Backend>& bias() const { return bias_; }
+  tensor<T, Backend>& weight_grad() { return weight_grad_; }
+  tensor<T, Backend>& bias_grad() { return bias_grad_; }
+  bool has_bias() const { return has_bias_; }
+
+ protected:
+  /// With trainable: a weight of weight_shape filled with weight_value and,
+  /// when bias_size is positive, a zero bias of that size; gradients zero.
+  /// Without (batch_norm without affine) no tensors: the list stays empty.
+  /// The layer checks its arguments before: a negative size cannot allocate.
+  weight_and_bias(bool trainable, const shape_t& weight_shape, T weight_value, index_t bias_size)
+      : has_weight_(trainable), has_bias_(trainable && bias_size > 0) {
+    if (has_weight_) {
+      weight_ = tensor<T, Backend>(weight_shape, weight_value);
+      weight_grad_ = tensor<T, Backend>(weight_shape, T(0));
+    }
+    if (has_bias_) {
+      bias_ = tensor<T, Backend>({bias_size}, T(0));
+      bias_grad_ = tensor<T, Backend>({bias_size}, T(0));
+    }
+  }
+
+  /// Values and gradients of other's parameters, copied through the host
+  /// (the layers' converting constructors).
+  template <class B2>
+  void copy_parameters(const weight_and_bias<T, B2>& other) {
+    if (has_weight_) {
+      weight_ = copy_to_backend<Backend>(other.weight_);
+      weight_grad_ = copy_to_backend<Backend>(other.weight_grad_);
+    }
+    if (has_bias_) {
+      bias_ = copy_to_backend<Backend>(other.bias_);
+      bias_grad_ = copy_to_backend<Backend>(other.bias_grad_);
+    }
+  }
+  template <class, class>
+  friend class weight_and_bias;  // copy_parameters reads the other backend's members
+
+  /// "<prefix>weight" and "<prefix>bias", those the layer has, as PyTorch names them.
+  void collect_parameters(state_list<T, Backend>& s, const std::string& prefix) {
+    if (has_weight_) s.parameters.push_back({prefix + "weight", &weight_, &weight_grad_});
+    if (has_bias_) s.parameters.push_back({prefix + "bias", &bias_, &bias_grad_});
+  }
+
+  /// PyTorch's default for dense and conv2d: weight and bias U(-bound, bound).
+  void fill_uniform_parameters(std::mt19937_64& rng, double bound) {
+    fill_uniform(weight_, rng, bound);
+    if (has_bias_) fill_uniform(bias_, rng, bound);
+  }
+
+  tensor<T, Backend> weight_, weight_grad_, bias_, bias_grad_;
+
+ private:
+  bool has_weight_ = false, has_bias_ = false;
+};
+
+}  // namespace detail
+
+/// Throws std::invalid_argument("opnorm::<layer>: <what>") unless ok; what
+/// names the shapes or arguments at fault. The layers' name for
+/// detail::require, which every option check in the library goes through.
+inline void require_shape(bool ok, const char* layer, const std::string& what) { detail::require(ok, layer, what); }
 
 }  // namespace opnorm

@@ -164,43 +164,64 @@ OPNORM_HD inline void load_padded(const T* row, bool row_inside, index_t first, 
   for (index_t s = end; s < span; ++s) dst[s] = T(0);
 }
 
+// Where the `count` examples of a chunk, `channels` planes each, keep their
+// tiles in V, M, dV or dM: plane (n, c)'s tiles start at offset(plane) in
+// position 0's stream, and each position's stream lies `stride` after the
+// previous one. The four transforms below share it and for_each_block, so
+// that they cannot disagree on where a tile lives.
+struct tile_streams {
+  index_t channels, tiles, row_length, stride;
+  tile_streams(const tiling& geo, index_t channels_, index_t count)
+      : channels(channels_), tiles(geo.tiles()), row_length(count * tiles), stride(channels * row_length) {}
+  OPNORM_HD index_t offset(index_t plane) const {
+    return (plane % channels) * row_length + (plane / channels) * tiles;
+  }
+};
+
+/// f(ti, tj0, nt) for each block of a plane: tile row ti, tiles tj0 ..
+/// tj0 + nt - 1 of that row, nt <= block_tiles.
+template <class F>
+OPNORM_HD inline void for_each_block(const tiling& geo, F f) {
+  const index_t cols = geo.tile_cols();
+  for (index_t ti = 0; ti < geo.tile_rows(); ++ti)
+    for (index_t tj0 = 0; tj0 < cols; tj0 += block_tiles)
+      f(ti, tj0, cols - tj0 < block_tiles ? cols - tj0 : block_tiles);
+}
+
 /// V[xi][c][n * tiles + t] = (B^T d B)[xi] for the `count` examples of x
 /// (NCHW, `channels` channels). One task per input plane (n, c).
 template <class B, class T>
 void transform_input(const tiling& geo, const T* x, index_t channels, index_t count, T* v) {
-  const index_t tiles = geo.tiles(), row_length = count * tiles, stream = channels * row_length;
+  const tile_streams ts(geo, channels, count);
   backend_ops<B>::for_each_segment(count * channels, geo.height * geo.width, [=] OPNORM_HD(index_t plane) {
-    const index_t n = plane / channels, c = plane % channels, H = geo.height, W = geo.width;
-    const index_t cols = geo.tile_cols();
+    const index_t H = geo.height, W = geo.width, cols = geo.tile_cols(), stream = ts.stride;
     const T* in = x + plane * H * W;
-    T* dst = v + c * row_length + n * tiles;
+    T* dst = v + ts.offset(plane);
     T d[4][block_span], t[4][block_span];
-    for (index_t ti = 0; ti < geo.tile_rows(); ++ti)
-      for (index_t tj0 = 0; tj0 < cols; tj0 += block_tiles) {
-        const index_t nt = cols - tj0 < block_tiles ? cols - tj0 : block_tiles, span = 2 * nt + 2;
-        const index_t top = 2 * ti - geo.padding, left = 2 * tj0 - geo.padding;
-        for (index_t r = 0; r < 4; ++r) {
-          const index_t h = top + r;
-          load_padded(in + h * W, h >= 0 && h < H, left, W, span, d[r]);
-        }
-        for (index_t s = 0; s < span; ++s) {  // B^T d, down each column
-          t[0][s] = d[0][s] - d[2][s];
-          t[1][s] = d[1][s] + d[2][s];
-          t[2][s] = d[2][s] - d[1][s];
-          t[3][s] = d[1][s] - d[3][s];
-        }
-        T* out = dst + ti * cols + tj0;
-        for (index_t r = 0; r < 4; ++r) {  // (B^T d) B, along each row, tile j at columns 2j .. 2j+3
-          const T* row = t[r];
-          T *o0 = out + (4 * r) * stream, *o1 = o0 + stream, *o2 = o1 + stream, *o3 = o2 + stream;
-          for (index_t j = 0; j < nt; ++j) {
-            o0[j] = row[2 * j] - row[2 * j + 2];
-            o1[j] = row[2 * j + 1] + row[2 * j + 2];
-            o2[j] = row[2 * j + 2] - row[2 * j + 1];
-            o3[j] = row[2 * j + 1] - row[2 * j + 3];
-          }
+    for_each_block(geo, [&](index_t ti, index_t tj0, index_t nt) {
+      const index_t span = 2 * nt + 2, top = 2 * ti - geo.padding, left = 2 * tj0 - geo.padding;
+      for (index_t r = 0; r < 4; ++r) {
+        const index_t h = top + r;
+        load_padded(in + h * W, h >= 0 && h < H, left, W, span, d[r]);
+      }
+      for (index_t s = 0; s < span; ++s) {  // B^T d, down each column
+        t[0][s] = d[0][s] - d[2][s];
+        t[1][s] = d[1][s] + d[2][s];
+        t[2][s] = d[2][s] - d[1][s];
+        t[3][s] = d[1][s] - d[3][s];
+      }
+      T* out = dst + ti * cols + tj0;
+      for (index_t r = 0; r < 4; ++r) {  // (B^T d) B, along each row, tile j at columns 2j .. 2j+3
+        const T* row = t[r];
+        T *o0 = out + (4 * r) * stream, *o1 = o0 + stream, *o2 = o1 + stream, *o3 = o2 + stream;
+        for (index_t j = 0; j < nt; ++j) {
+          o0[j] = row[2 * j] - row[2 * j + 2];
+          o1[j] = row[2 * j + 1] + row[2 * j + 2];
+          o2[j] = row[2 * j + 2] - row[2 * j + 1];
+          o3[j] = row[2 * j + 1] - row[2 * j + 3];
         }
       }
+    });
   });
 }
 
@@ -210,48 +231,45 @@ void transform_input(const tiling& geo, const T* x, index_t channels, index_t co
 /// order: no atomics, the same bits on every run.
 template <class B, class T>
 void transform_input_adjoint(const tiling& geo, const T* dv, index_t channels, index_t count, T* gx) {
-  const index_t tiles = geo.tiles(), row_length = count * tiles, stream = channels * row_length;
+  const tile_streams ts(geo, channels, count);
   backend_ops<B>::for_each_segment(count * channels, geo.height * geo.width, [=] OPNORM_HD(index_t plane) {
-    const index_t n = plane / channels, c = plane % channels, H = geo.height, W = geo.width;
-    const index_t cols = geo.tile_cols();
+    const index_t H = geo.height, W = geo.width, cols = geo.tile_cols(), stream = ts.stride;
     T* out = gx + plane * H * W;
     for (index_t i = 0; i < H * W; ++i) out[i] = T(0);
-    const T* src = dv + c * row_length + n * tiles;
+    const T* src = dv + ts.offset(plane);
     T t[4][block_span];
-    for (index_t ti = 0; ti < geo.tile_rows(); ++ti)
-      for (index_t tj0 = 0; tj0 < cols; tj0 += block_tiles) {
-        const index_t nt = cols - tj0 < block_tiles ? cols - tj0 : block_tiles, span = 2 * nt + 2;
-        const index_t top = 2 * ti - geo.padding, left = 2 * tj0 - geo.padding;
-        const T* in = src + ti * cols + tj0;
-        for (index_t r = 0; r < 4; ++r) {
-          // Along the row: tile j adds B (v0, v1, v2, v3) = (v0, v1 - v2 + v3,
-          // v1 + v2 - v0, -v3) to columns 2j .. 2j+3. Gathered per column
-          // pair: column 2j gets tile j's first and tile j-1's third entry,
-          // column 2j+1 tile j's second and tile j-1's fourth.
-          const T *v0 = in + (4 * r) * stream, *v1 = v0 + stream, *v2 = v1 + stream, *v3 = v2 + stream;
-          T* row = t[r];
-          row[0] = v0[0];
-          row[1] = v1[0] - v2[0] + v3[0];
-          for (index_t j = 1; j < nt; ++j) {
-            row[2 * j] = v0[j] + (v1[j - 1] + v2[j - 1] - v0[j - 1]);
-            row[2 * j + 1] = (v1[j] - v2[j] + v3[j]) - v3[j - 1];
-          }
-          row[2 * nt] = v1[nt - 1] + v2[nt - 1] - v0[nt - 1];
-          row[2 * nt + 1] = -v3[nt - 1];
+    for_each_block(geo, [&](index_t ti, index_t tj0, index_t nt) {
+      const index_t span = 2 * nt + 2, top = 2 * ti - geo.padding, left = 2 * tj0 - geo.padding;
+      const T* in = src + ti * cols + tj0;
+      for (index_t r = 0; r < 4; ++r) {
+        // Along the row: tile j adds B (v0, v1, v2, v3) = (v0, v1 - v2 + v3,
+        // v1 + v2 - v0, -v3) to columns 2j .. 2j+3. Gathered per column
+        // pair: column 2j gets tile j's first and tile j-1's third entry,
+        // column 2j+1 tile j's second and tile j-1's fourth.
+        const T *v0 = in + (4 * r) * stream, *v1 = v0 + stream, *v2 = v1 + stream, *v3 = v2 + stream;
+        T* row = t[r];
+        row[0] = v0[0];
+        row[1] = v1[0] - v2[0] + v3[0];
+        for (index_t j = 1; j < nt; ++j) {
+          row[2 * j] = v0[j] + (v1[j - 1] + v2[j - 1] - v0[j - 1]);
+          row[2 * j + 1] = (v1[j] - v2[j] + v3[j]) - v3[j - 1];
         }
-        // Down the columns: B applied to the four rows, added to the plane.
-        for (index_t r = 0; r < 4; ++r) {
-          const index_t h = top + r;
-          if (h < 0 || h >= H) continue;
-          T* target = out + h * W;
-          const index_t begin = left < 0 ? -left : 0, end = W - left < span ? W - left : span;
-          for (index_t s = begin; s < end; ++s) {
-            const T a0 = t[0][s], a1 = t[1][s], a2 = t[2][s], a3 = t[3][s];
-            const T value = r == 0 ? a0 : r == 1 ? a1 - a2 + a3 : r == 2 ? a1 + a2 - a0 : -a3;
-            target[left + s] += value;
-          }
+        row[2 * nt] = v1[nt - 1] + v2[nt - 1] - v0[nt - 1];
+        row[2 * nt + 1] = -v3[nt - 1];
+      }
+      // Down the columns: B applied to the four rows, added to the plane.
+      for (index_t r = 0; r < 4; ++r) {
+        const index_t h = top + r;
+        if (h < 0 || h >= H) continue;
+        T* target = out + h * W;
+        const index_t begin = left < 0 ? -left : 0, end = W - left < span ? W - left : span;
+        for (index_t s = begin; s < end; ++s) {
+          const T a0 = t[0][s], a1 = t[1][s], a2 = t[2][s], a3 = t[3][s];
+          const T value = r == 0 ? a0 : r == 1 ? a1 - a2 + a3 : r == 2 ? a1 + a2 - a0 : -a3;
+          target[left + s] += value;
         }
       }
+    });
   });
 }
 
@@ -259,40 +277,37 @@ void transform_input_adjoint(const tiling& geo, const T* dv, index_t channels, i
 /// inside the (out_height x out_width) plane. One task per output plane.
 template <class B, class T>
 void transform_output(const tiling& geo, const T* m, index_t channels, index_t count, T beta, T* y) {
-  const index_t tiles = geo.tiles(), row_length = count * tiles, stream = channels * row_length;
+  const tile_streams ts(geo, channels, count);
   backend_ops<B>::for_each_segment(count * channels, geo.out_height * geo.out_width, [=] OPNORM_HD(index_t plane) {
-    const index_t n = plane / channels, o = plane % channels, Ho = geo.out_height, Wo = geo.out_width;
-    const index_t cols = geo.tile_cols();
+    const index_t Ho = geo.out_height, Wo = geo.out_width, cols = geo.tile_cols(), stream = ts.stride;
     T* out = y + plane * Ho * Wo;
-    const T* src = m + o * row_length + n * tiles;
+    const T* src = m + ts.offset(plane);
     T half[2][4][block_tiles], result[2][2 * block_tiles];
-    for (index_t ti = 0; ti < geo.tile_rows(); ++ti)
-      for (index_t tj0 = 0; tj0 < cols; tj0 += block_tiles) {
-        const index_t nt = cols - tj0 < block_tiles ? cols - tj0 : block_tiles;
-        const T* in = src + ti * cols + tj0;
-        for (index_t s = 0; s < 4; ++s) {  // A^T M, down each column s of the tile
-          const T *m0 = in + s * stream, *m1 = m0 + 4 * stream, *m2 = m1 + 4 * stream, *m3 = m2 + 4 * stream;
-          for (index_t j = 0; j < nt; ++j) {
-            half[0][s][j] = m0[j] + m1[j] + m2[j];
-            half[1][s][j] = m1[j] - m2[j] - m3[j];
-          }
-        }
-        for (index_t r = 0; r < 2; ++r)  // (A^T M) A, along each row
-          for (index_t j = 0; j < nt; ++j) {
-            result[r][2 * j] = half[r][0][j] + half[r][1][j] + half[r][2][j];
-            result[r][2 * j + 1] = half[r][1][j] - half[r][2][j] - half[r][3][j];
-          }
-        const index_t left = 2 * tj0, width = Wo - left < 2 * nt ? Wo - left : 2 * nt;
-        for (index_t r = 0; r < 2; ++r) {
-          const index_t h = 2 * ti + r;
-          if (h >= Ho) continue;
-          T* target = out + h * Wo + left;
-          if (beta == T(0))
-            for (index_t s = 0; s < width; ++s) target[s] = result[r][s];
-          else
-            for (index_t s = 0; s < width; ++s) target[s] = beta * target[s] + result[r][s];
+    for_each_block(geo, [&](index_t ti, index_t tj0, index_t nt) {
+      const T* in = src + ti * cols + tj0;
+      for (index_t s = 0; s < 4; ++s) {  // A^T M, down each column s of the tile
+        const T *m0 = in + s * stream, *m1 = m0 + 4 * stream, *m2 = m1 + 4 * stream, *m3 = m2 + 4 * stream;
+        for (index_t j = 0; j < nt; ++j) {
+          half[0][s][j] = m0[j] + m1[j] + m2[j];
+          half[1][s][j] = m1[j] - m2[j] - m3[j];
         }
       }
+      for (index_t r = 0; r < 2; ++r)  // (A^T M) A, along each row
+        for (index_t j = 0; j < nt; ++j) {
+          result[r][2 * j] = half[r][0][j] + half[r][1][j] + half[r][2][j];
+          result[r][2 * j + 1] = half[r][1][j] - half[r][2][j] - half[r][3][j];
+        }
+      const index_t left = 2 * tj0, width = Wo - left < 2 * nt ? Wo - left : 2 * nt;
+      for (index_t r = 0; r < 2; ++r) {
+        const index_t h = 2 * ti + r;
+        if (h >= Ho) continue;
+        T* target = out + h * Wo + left;
+        if (beta == T(0))
+          for (index_t s = 0; s < width; ++s) target[s] = result[r][s];
+        else
+          for (index_t s = 0; s < width; ++s) target[s] = beta * target[s] + result[r][s];
+      }
+    });
   });
 }
 
@@ -301,40 +316,38 @@ void transform_output(const tiling& geo, const T* m, index_t channels, index_t c
 /// as zero.
 template <class B, class T>
 void transform_output_adjoint(const tiling& geo, const T* gy, index_t channels, index_t count, T* dm) {
-  const index_t tiles = geo.tiles(), row_length = count * tiles, stream = channels * row_length;
+  const tile_streams ts(geo, channels, count);
   backend_ops<B>::for_each_segment(count * channels, geo.out_height * geo.out_width, [=] OPNORM_HD(index_t plane) {
-    const index_t n = plane / channels, o = plane % channels, Ho = geo.out_height, Wo = geo.out_width;
-    const index_t cols = geo.tile_cols();
+    const index_t Ho = geo.out_height, Wo = geo.out_width, cols = geo.tile_cols(), stream = ts.stride;
     const T* in = gy + plane * Ho * Wo;
-    T* dst = dm + o * row_length + n * tiles;
+    T* dst = dm + ts.offset(plane);
     T g[2][2 * block_tiles], half[2][4][block_tiles];
-    for (index_t ti = 0; ti < geo.tile_rows(); ++ti)
-      for (index_t tj0 = 0; tj0 < cols; tj0 += block_tiles) {
-        const index_t nt = cols - tj0 < block_tiles ? cols - tj0 : block_tiles, left = 2 * tj0;
-        for (index_t r = 0; r < 2; ++r) {
-          const index_t h = 2 * ti + r;
-          load_padded(in + h * Wo, h < Ho, left, Wo, 2 * nt, g[r]);
+    for_each_block(geo, [&](index_t ti, index_t tj0, index_t nt) {
+      const index_t left = 2 * tj0;
+      for (index_t r = 0; r < 2; ++r) {
+        const index_t h = 2 * ti + r;
+        load_padded(in + h * Wo, h < Ho, left, Wo, 2 * nt, g[r]);
+      }
+      for (index_t r = 0; r < 2; ++r)  // dY A^T, along each row: A (y0, y1) = (y0, y0 + y1, y0 - y1, -y1)
+        for (index_t j = 0; j < nt; ++j) {
+          const T y0 = g[r][2 * j], y1 = g[r][2 * j + 1];
+          half[r][0][j] = y0;
+          half[r][1][j] = y0 + y1;
+          half[r][2][j] = y0 - y1;
+          half[r][3][j] = -y1;
         }
-        for (index_t r = 0; r < 2; ++r)  // dY A^T, along each row: A (y0, y1) = (y0, y0 + y1, y0 - y1, -y1)
-          for (index_t j = 0; j < nt; ++j) {
-            const T y0 = g[r][2 * j], y1 = g[r][2 * j + 1];
-            half[r][0][j] = y0;
-            half[r][1][j] = y0 + y1;
-            half[r][2][j] = y0 - y1;
-            half[r][3][j] = -y1;
-          }
-        T* out = dst + ti * cols + tj0;
-        for (index_t s = 0; s < 4; ++s) {  // A (dY A^T), down each column s
-          T *o0 = out + s * stream, *o1 = o0 + 4 * stream, *o2 = o1 + 4 * stream, *o3 = o2 + 4 * stream;
-          for (index_t j = 0; j < nt; ++j) {
-            const T y0 = half[0][s][j], y1 = half[1][s][j];
-            o0[j] = y0;
-            o1[j] = y0 + y1;
-            o2[j] = y0 - y1;
-            o3[j] = -y1;
-          }
+      T* out = dst + ti * cols + tj0;
+      for (index_t s = 0; s < 4; ++s) {  // A (dY A^T), down each column s
+        T *o0 = out + s * stream, *o1 = o0 + 4 * stream, *o2 = o1 + 4 * stream, *o3 = o2 + 4 * stream;
+        for (index_t j = 0; j < nt; ++j) {
+          const T y0 = half[0][s][j], y1 = half[1][s][j];
+          o0[j] = y0;
+          o1[j] = y0 + y1;
+          o2[j] = y0 - y1;
+          o3[j] = -y1;
         }
       }
+    });
   });
 }
 

@@ -55,9 +55,10 @@ struct adversarial {
     iteration_options<T> o;
     o.iterations = iterations;
     o.eps = static_cast<T>(eps);
-    o.alpha = static_cast<T>(alpha > 0 ? alpha : 2 * eps / iterations);
+    o.alpha = static_cast<T>(alpha);
     o.random_start = true;
     o.clip_to_box = true;
+    o = o.with_default_step();
     // A fresh random start every batch, reproducible from the seed.
     o.seed = random::hash(seed, 0xad7, static_cast<std::uint64_t>(step_++));
     const auto pairs = kernel{}.run(model, x, &y, o, ws);

@@ -53,6 +53,7 @@
 #include "../detail/options.hpp"
 #include "../layers/layer.hpp"  // state_list, named_counter: what methods expose for checkpoints
 #include "../losses.hpp"
+#include "../per_example.hpp"  // detail::argmax_row
 
 namespace opnorm {
 
@@ -75,16 +76,9 @@ index_t count_correct(const tensor<T, B>& logits, const label_tensor<B>& labels)
                                 " labels for " + std::to_string(n) + " examples");
   const T* z = logits.data();
   const std::int32_t* y = labels.data();
-  return backend_ops<B>::template sum<index_t>(n, [=] OPNORM_HD(index_t i) {
-    const T* row = z + i * k;
-    index_t best = 0;
-    bool has_nan = row[0] != row[0];
-    for (index_t j = 1; j < k; ++j) {
-      if (row[j] > row[best]) best = j;
-      has_nan = has_nan || row[j] != row[j];
-    }
-    return index_t(best == y[i] && !has_nan);
-  });
+  // detail::argmax_row gives -1 for a row holding a NaN, which matches no label.
+  return backend_ops<B>::template sum<index_t>(
+      n, [=] OPNORM_HD(index_t i) { return index_t(detail::argmax_row(z + i * k, k) == y[i]); });
 }
 
 namespace detail {

@@ -95,11 +95,98 @@ void require_same_binding(const bound_parameters<T, B>& from, const bound_parame
   bool same = from.size() == to.size();
   for (std::size_t i = 0; same && i < from.size(); ++i)
     same = from.name(i) == to.name(i) && from.shape(i) == to.shape(i);
-  if (!same)
-    throw std::invalid_argument(std::string("opnorm::") + optimizer +
-                                ": cannot move the optimizer onto a model with other parameters than the one "
-                                "it was built for");
+  require(same, optimizer,
+          "cannot move the optimizer onto a model with other parameters than the one it was built for");
 }
+
+// What sgd and adam share: the options, the parameter binding, the step
+// counter and the per-parameter buffers (named "<parameter>.<kind>"), with
+// the constructors, accessors, step(), state() and the move from another
+// backend built on them. Each optimizer inherits the constructors and adds
+// only what is its own, as static or public members:
+//
+//   static constexpr const char* name;
+//   static void validate(const Options& o);       // throws for a bad option
+//   static std::vector<const char*> buffer_kinds(const Options& o);
+//   void update(const state_list<T, Backend>& s, const Options& o);
+//
+// update is the rule, one kernel per parameter, reading the buffers and
+// steps() as they stand before the step; it is public because nvcc rejects
+// extended lambdas in private and protected member functions.
+//
+// The buffers of parameter i are buffers_[i * kinds + k], one per kind, so
+// state() lists them per parameter, kinds in the order buffer_kinds gives,
+// as PyTorch's optimizer state_dict does.
+template <class Optimizer, class T, class Backend, class Options>
+class optimizer_base {
+ public:
+  using scalar = T;
+  using backend_type = Backend;
+  using options_type = Options;
+
+  template <class Model, class = if_model<Model>>
+  optimizer_base(Model& model, const Options& options) : optimizer_base(model.state(), options) {}
+
+  optimizer_base(const state_list<T, Backend>& parameters, const Options& options)
+      : options_(options), bound_(parameters) {
+    Optimizer::validate(options);
+    kinds_ = Optimizer::buffer_kinds(options);
+    for (std::size_t i = 0; i < bound_.size(); ++i)
+      for (std::size_t k = 0; k < kinds_.size(); ++k) buffers_.emplace_back(bound_.shape(i), T(0));
+  }
+
+  /// other, an optimizer on backend B2, moved to this backend and bound to
+  /// model (the network other was stepping, moved here as well, e.g. with
+  /// opnorm::to): same options, buffers copied through the host, same step
+  /// count (Adam's bias corrections depend on it), so training continues as
+  /// it would have on B2.
+  template <class Other, class B2, class Model, class = if_model<Model>>
+  optimizer_base(const optimizer_base<Other, T, B2, Options>& other, Model& model)
+      : optimizer_base(model.state(), other.options_) {
+    require_same_binding(other.bound_, bound_, Optimizer::name);
+    for (std::size_t i = 0; i < buffers_.size(); ++i) buffers_[i] = copy_to_backend<Backend>(other.buffers_[i]);
+    steps_ = other.steps_;
+  }
+  template <class, class, class, class>
+  friend class optimizer_base;  // the moving constructor reads the other backend's members
+
+  const Options& options() const { return options_; }
+  double learning_rate() const { return options_.learning_rate; }
+  void set_learning_rate(double lr) { options_.learning_rate = lr; }
+  std::int64_t steps() const { return steps_; }
+
+  template <class Model, class = if_model<Model>>
+  void step(Model& model) {
+    step(model.state());
+  }
+
+  /// One update from the gradients of s, which must be the parameters the
+  /// optimizer was built for.
+  void step(const state_list<T, Backend>& s) {
+    bound_.check(s, Optimizer::name);
+    static_cast<Optimizer&>(*this).update(s, options_);
+    ++steps_;
+  }
+
+  state_list<T, Backend> state() {
+    state_list<T, Backend> s;
+    for (std::size_t i = 0; i < buffers_.size(); ++i)
+      s.buffers.push_back({bound_.name(i / kinds_.size()) + "." + kinds_[i % kinds_.size()], &buffers_[i], nullptr});
+    s.counters.push_back({"step", &steps_});
+    return s;
+  }
+
+ protected:
+  // The buffer of the given kind (index into buffer_kinds) of parameter i.
+  tensor<T, Backend>& buffer(std::size_t i, std::size_t kind) { return buffers_[i * kinds_.size() + kind]; }
+
+ private:
+  Options options_;
+  bound_parameters<T, Backend> bound_;
+  std::vector<const char*> kinds_;
+  std::vector<tensor<T, Backend>> buffers_;
+  std::int64_t steps_ = 0;
+};
 
 }  // namespace detail
 
@@ -118,64 +205,37 @@ struct sgd_options {
 ///   d = nesterov ? g + momentum * buf : buf          (d = g without momentum)
 ///   w -= learning_rate * d
 template <class T, class Backend = backend::cpu>
-class sgd {
+class sgd : public detail::optimizer_base<sgd<T, Backend>, T, Backend, sgd_options> {
  public:
-  using scalar = T;
-  using backend_type = Backend;
-  using options_type = sgd_options;
-
-  template <class Model, class = detail::if_model<Model>>
-  sgd(Model& model, sgd_options options) : sgd(model.state(), options) {}
-
-  sgd(const state_list<T, Backend>& parameters, sgd_options options)
-      : options_(options), bound_(parameters) {
-    detail::require_real(options.learning_rate, "sgd", "learning_rate", detail::at_least(0));
-    detail::require_real(options.momentum, "sgd", "momentum", detail::half_open_interval(0, 1));
-    detail::require_real(options.weight_decay, "sgd", "weight_decay", detail::at_least(0));
-    detail::require(!options.nesterov || options.momentum > 0, "sgd", "Nesterov momentum needs momentum > 0");
-    if (options.momentum > 0)
-      for (std::size_t i = 0; i < bound_.size(); ++i)
-        momentum_.emplace_back(bound_.shape(i), T(0));
-  }
-
-  /// other, an optimizer on backend B2, moved to this backend and bound to
-  /// model (the network other was stepping, moved here as well, e.g. with
-  /// opnorm::to): same options, momentum buffers copied through the host,
-  /// same step count, so training continues as it would have on B2.
-  template <class B2, class Model, class = detail::if_model<Model>>
-  sgd(const sgd<T, B2>& other, Model& model) : sgd(model.state(), other.options_) {
-    detail::require_same_binding(other.bound_, bound_, "sgd");
-    for (std::size_t i = 0; i < momentum_.size(); ++i) momentum_[i] = copy_to_backend<Backend>(other.momentum_[i]);
-    steps_ = other.steps_;
-  }
-  template <class, class>
-  friend class sgd;  // the moving constructor reads the other backend's members
+  using detail::optimizer_base<sgd<T, Backend>, T, Backend, sgd_options>::optimizer_base;
 
   static constexpr const char* name = "sgd";
-  const sgd_options& options() const { return options_; }
-  double learning_rate() const { return options_.learning_rate; }
-  void set_learning_rate(double lr) { options_.learning_rate = lr; }
-  std::int64_t steps() const { return steps_; }
 
-  template <class Model, class = detail::if_model<Model>>
-  void step(Model& model) {
-    step(model.state());
+  static void validate(const sgd_options& o) {
+    detail::require_real(o.learning_rate, "sgd", "learning_rate", detail::at_least(0));
+    detail::require_real(o.momentum, "sgd", "momentum", detail::half_open_interval(0, 1));
+    detail::require_real(o.weight_decay, "sgd", "weight_decay", detail::at_least(0));
+    detail::require(!o.nesterov || o.momentum > 0, "sgd", "Nesterov momentum needs momentum > 0");
+  }
+  // Without momentum SGD keeps no buffers.
+  static std::vector<const char*> buffer_kinds(const sgd_options& o) {
+    if (o.momentum > 0) return {"momentum_buffer"};
+    return {};
   }
 
-  void step(const state_list<T, Backend>& s) {
-    bound_.check(s, "sgd");
-    const T lr = static_cast<T>(options_.learning_rate);
-    const T wd = static_cast<T>(options_.weight_decay);
-    const T mu = static_cast<T>(options_.momentum);
-    const bool use_momentum = options_.momentum > 0;
-    const bool nesterov = options_.nesterov;
+  void update(const state_list<T, Backend>& s, const sgd_options& o) {
+    const T lr = static_cast<T>(o.learning_rate);
+    const T wd = static_cast<T>(o.weight_decay);
+    const T mu = static_cast<T>(o.momentum);
+    const bool use_momentum = o.momentum > 0;
+    const bool nesterov = o.nesterov;
     // PyTorch starts the momentum buffer at the first gradient, not at zero
     // (which would shrink the first steps by (1 - momentum)).
-    const bool first = steps_ == 0;
-    for (std::size_t t = 0; t < bound_.size(); ++t) {
+    const bool first = this->steps() == 0;
+    for (std::size_t t = 0; t < s.parameters.size(); ++t) {
       T* w = s.parameters[t].value->data();
       const T* grad = s.parameters[t].grad->data();
-      T* buf = use_momentum ? momentum_[t].data() : nullptr;
+      T* buf = use_momentum ? this->buffer(t, 0).data() : nullptr;
       backend_ops<Backend>::for_each_index(s.parameters[t].value->size(), [=] OPNORM_HD(index_t i) {
         const T g = grad[i] + wd * w[i];
         T d = g;
@@ -187,22 +247,7 @@ class sgd {
         w[i] -= lr * d;
       });
     }
-    ++steps_;
   }
-
-  state_list<T, Backend> state() {
-    state_list<T, Backend> s;
-    for (std::size_t i = 0; i < momentum_.size(); ++i)
-      s.buffers.push_back({bound_.name(i) + ".momentum_buffer", &momentum_[i], nullptr});
-    s.counters.push_back({"step", &steps_});
-    return s;
-  }
-
- private:
-  sgd_options options_;
-  detail::bound_parameters<T, Backend> bound_;
-  std::vector<tensor<T, Backend>> momentum_;
-  std::int64_t steps_ = 0;
 };
 
 template <class Model>
@@ -225,72 +270,37 @@ struct adam_options {
 /// epsilon is added outside the square root and after the bias correction
 /// of v, which is what PyTorch does and what its tuned epsilons assume.
 template <class T, class Backend = backend::cpu>
-class adam {
+class adam : public detail::optimizer_base<adam<T, Backend>, T, Backend, adam_options> {
  public:
-  using scalar = T;
-  using backend_type = Backend;
-  using options_type = adam_options;
-
-  template <class Model, class = detail::if_model<Model>>
-  adam(Model& model, adam_options options) : adam(model.state(), options) {}
-
-  adam(const state_list<T, Backend>& parameters, adam_options options)
-      : options_(options), bound_(parameters) {
-    detail::require_real(options.learning_rate, "adam", "learning_rate", detail::at_least(0));
-    detail::require_real(options.beta1, "adam", "beta1", detail::half_open_interval(0, 1));
-    detail::require_real(options.beta2, "adam", "beta2", detail::half_open_interval(0, 1));
-    detail::require_real(options.epsilon, "adam", "epsilon", detail::greater_than(0));
-    detail::require_real(options.weight_decay, "adam", "weight_decay", detail::at_least(0));
-    for (std::size_t i = 0; i < bound_.size(); ++i) {
-      exp_avg_.emplace_back(bound_.shape(i), T(0));
-      exp_avg_sq_.emplace_back(bound_.shape(i), T(0));
-    }
-  }
-
-  /// other, an optimizer on backend B2, moved to this backend and bound to
-  /// model (the network other was stepping, moved here as well, e.g. with
-  /// opnorm::to): same options, both moments copied through the host, same
-  /// step count (the bias corrections depend on it).
-  template <class B2, class Model, class = detail::if_model<Model>>
-  adam(const adam<T, B2>& other, Model& model) : adam(model.state(), other.options_) {
-    detail::require_same_binding(other.bound_, bound_, "adam");
-    for (std::size_t i = 0; i < bound_.size(); ++i) {
-      exp_avg_[i] = copy_to_backend<Backend>(other.exp_avg_[i]);
-      exp_avg_sq_[i] = copy_to_backend<Backend>(other.exp_avg_sq_[i]);
-    }
-    steps_ = other.steps_;
-  }
-  template <class, class>
-  friend class adam;  // the moving constructor reads the other backend's members
+  using detail::optimizer_base<adam<T, Backend>, T, Backend, adam_options>::optimizer_base;
 
   static constexpr const char* name = "adam";
-  const adam_options& options() const { return options_; }
-  double learning_rate() const { return options_.learning_rate; }
-  void set_learning_rate(double lr) { options_.learning_rate = lr; }
-  std::int64_t steps() const { return steps_; }
 
-  template <class Model, class = detail::if_model<Model>>
-  void step(Model& model) {
-    step(model.state());
+  static void validate(const adam_options& o) {
+    detail::require_real(o.learning_rate, "adam", "learning_rate", detail::at_least(0));
+    detail::require_real(o.beta1, "adam", "beta1", detail::half_open_interval(0, 1));
+    detail::require_real(o.beta2, "adam", "beta2", detail::half_open_interval(0, 1));
+    detail::require_real(o.epsilon, "adam", "epsilon", detail::greater_than(0));
+    detail::require_real(o.weight_decay, "adam", "weight_decay", detail::at_least(0));
   }
+  static std::vector<const char*> buffer_kinds(const adam_options&) { return {"exp_avg", "exp_avg_sq"}; }
 
-  void step(const state_list<T, Backend>& s) {
-    bound_.check(s, "adam");
-    const double t = static_cast<double>(steps_ + 1);
+  void update(const state_list<T, Backend>& s, const adam_options& o) {
+    const double t = static_cast<double>(this->steps() + 1);
     // Bias corrections in double on the host: beta^t for large t is where
     // float would lose digits first.
-    const T step_size = static_cast<T>(options_.learning_rate / (1.0 - std::pow(options_.beta1, t)));
-    const T correction2_sqrt = static_cast<T>(std::sqrt(1.0 - std::pow(options_.beta2, t)));
-    const T b1 = static_cast<T>(options_.beta1), b2 = static_cast<T>(options_.beta2);
-    const T one_minus_b1 = static_cast<T>(1.0 - options_.beta1);
-    const T one_minus_b2 = static_cast<T>(1.0 - options_.beta2);
-    const T eps = static_cast<T>(options_.epsilon);
-    const T wd = static_cast<T>(options_.weight_decay);
-    for (std::size_t k = 0; k < bound_.size(); ++k) {
+    const T step_size = static_cast<T>(o.learning_rate / (1.0 - std::pow(o.beta1, t)));
+    const T correction2_sqrt = static_cast<T>(std::sqrt(1.0 - std::pow(o.beta2, t)));
+    const T b1 = static_cast<T>(o.beta1), b2 = static_cast<T>(o.beta2);
+    const T one_minus_b1 = static_cast<T>(1.0 - o.beta1);
+    const T one_minus_b2 = static_cast<T>(1.0 - o.beta2);
+    const T eps = static_cast<T>(o.epsilon);
+    const T wd = static_cast<T>(o.weight_decay);
+    for (std::size_t k = 0; k < s.parameters.size(); ++k) {
       T* w = s.parameters[k].value->data();
       const T* grad = s.parameters[k].grad->data();
-      T* m = exp_avg_[k].data();
-      T* v = exp_avg_sq_[k].data();
+      T* m = this->buffer(k, 0).data();
+      T* v = this->buffer(k, 1).data();
       backend_ops<Backend>::for_each_index(s.parameters[k].value->size(), [=] OPNORM_HD(index_t i) {
         const T g = grad[i] + wd * w[i];
         const T mi = b1 * m[i] + one_minus_b1 * g;
@@ -300,24 +310,7 @@ class adam {
         w[i] -= step_size * mi / (std::sqrt(vi) / correction2_sqrt + eps);
       });
     }
-    ++steps_;
   }
-
-  state_list<T, Backend> state() {
-    state_list<T, Backend> s;
-    for (std::size_t i = 0; i < bound_.size(); ++i) {
-      s.buffers.push_back({bound_.name(i) + ".exp_avg", &exp_avg_[i], nullptr});
-      s.buffers.push_back({bound_.name(i) + ".exp_avg_sq", &exp_avg_sq_[i], nullptr});
-    }
-    s.counters.push_back({"step", &steps_});
-    return s;
-  }
-
- private:
-  adam_options options_;
-  detail::bound_parameters<T, Backend> bound_;
-  std::vector<tensor<T, Backend>> exp_avg_, exp_avg_sq_;
-  std::int64_t steps_ = 0;
 };
 
 template <class Model>

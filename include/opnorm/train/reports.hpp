@@ -33,6 +33,10 @@ struct epoch_progress {
   double loss_sum = 0;      // sum over the batches done of batch loss * batch examples
   index_t correct = 0;      // examples classified correctly in those batches
   index_t examples = 0;     // examples in those batches
+
+  // The running means the step and epoch reports give.
+  double mean_loss() const { return loss_sum / static_cast<double>(examples); }
+  double accuracy() const { return static_cast<double>(correct) / static_cast<double>(examples); }
 };
 
 /// Announced once before the first step.

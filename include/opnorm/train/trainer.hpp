@@ -225,6 +225,16 @@ void check_fit_inputs(Model& model, const dataset<T>& train, const dataset<T>& t
          "' has " + std::to_string(train.classes) + " classes");
 }
 
+// The fields step_report and epoch_report share: where in the run the
+// report stands and the learning rate in use.
+template <class Report>
+void place_report(Report& r, index_t epoch, const fit_options& options, double learning_rate) {
+  r.epoch = epoch;
+  r.epochs = options.epochs;
+  r.start_epoch = options.start_epoch;
+  r.learning_rate = learning_rate;
+}
+
 }  // namespace detail
 
 /// Trains model with method and optimizer for epochs [options.start_epoch,
@@ -283,17 +293,15 @@ fit_result fit(Model& model, Method& method, Optimizer& optimizer, const Schedul
     const auto epoch_start = clock::now();
     batches.start_epoch(epoch);
     std::mt19937_64 augmentation_rng = detail::augmentation_engine(options.seed, epoch);
-    double loss_sum = 0, learning_rate = 0;
-    index_t correct = 0, examples = 0;
+    double learning_rate = 0;
+    epoch_progress progress;
     // Resuming inside this epoch: draw (and drop) the batches already done,
     // so the order and the augmentation generator stand where the
     // interrupted run left them, and continue its running sums.
     index_t resume_at = 0;
     if (epoch == options.start_epoch && options.start_progress.steps_completed > 0) {
       resume_at = options.start_progress.steps_completed;
-      loss_sum = options.start_progress.loss_sum;
-      correct = options.start_progress.correct;
-      examples = options.start_progress.examples;
+      progress = options.start_progress;
     }
     for (index_t step = 0; batches.next(batch.host_images, batch.host_labels); ++step) {
       if (options.augmentation) (*options.augmentation)(batch.host_images, augmentation_rng);
@@ -331,33 +339,28 @@ fit_result fit(Model& model, Method& method, Optimizer& optimizer, const Schedul
                                 epoch, step);
       optimizer.step(model);
 
-      loss_sum += r.loss * static_cast<double>(r.examples);
-      correct += r.correct;
-      examples += r.examples;
+      progress.steps_completed = step + 1;
+      progress.loss_sum += r.loss * static_cast<double>(r.examples);
+      progress.correct += r.correct;
+      progress.examples += r.examples;
       step_report s;
-      s.epoch = epoch;
-      s.epochs = options.epochs;
-      s.start_epoch = options.start_epoch;
+      detail::place_report(s, epoch, options, learning_rate);
       s.step = step;
       s.steps_per_epoch = steps_per_epoch;
       s.batch_loss = r.loss;
-      s.loss = loss_sum / static_cast<double>(examples);
-      s.accuracy = static_cast<double>(correct) / static_cast<double>(examples);
-      s.examples = examples;
-      s.learning_rate = learning_rate;
+      s.loss = progress.mean_loss();
+      s.accuracy = progress.accuracy();
+      s.examples = progress.examples;
       s.seconds = seconds_since(epoch_start);
-      s.progress = {step + 1, loss_sum, correct, examples};
+      s.progress = progress;
       (detail::notify_step_end(callbacks, s, context), ...);
     }
 
     epoch_report report;
-    report.epoch = epoch;
-    report.epochs = options.epochs;
-    report.start_epoch = options.start_epoch;
-    report.train_loss = loss_sum / static_cast<double>(examples);
-    report.train_accuracy = static_cast<double>(correct) / static_cast<double>(examples);
-    report.learning_rate = learning_rate;
-    report.train_examples = examples;
+    detail::place_report(report, epoch, options, learning_rate);
+    report.train_loss = progress.mean_loss();
+    report.train_accuracy = progress.accuracy();
+    report.train_examples = progress.examples;
     report.train_seconds = seconds_since(epoch_start);
 
     // An update can overflow even from finite gradients. The next step's

@@ -80,66 +80,6 @@ void add_state_entries(const std::string& prefix, const state_list<T, B>& s, saf
   for (const auto& c : s.counters) entries.emplace(prefix + c.name, safetensors::scalar_entry<std::int64_t>(*c.value));
 }
 
-// Checks that entries hold every tensor and counter of s under prefix, with
-// the right shapes and dtypes, and converts them into staging buffers;
-// commit() then writes them into s. Problems are collected, not thrown, so
-// one message can list all of them. Names consumed are added to used.
-template <class T, class B>
-class staged_state {
- public:
-  staged_state(const std::string& prefix, const state_list<T, B>& s, const safetensors::tensor_map& entries,
-               std::vector<std::string>& problems, std::vector<std::string>& used) {
-    auto stage = [&](const named_tensor<T, B>& t) {
-      const std::string name = prefix + t.name;
-      used.push_back(name);
-      const auto found = entries.find(name);
-      if (found == entries.end()) {
-        problems.push_back("missing tensor '" + name + "' of shape " + shape_string(t.value->shape()));
-        return;
-      }
-      const safetensors::entry& e = found->second;
-      if (!safetensors::readable_as<T>(e.type) || e.shape != t.value->shape()) {
-        problems.push_back("tensor '" + name + "' is " + safetensors::dtype_name(e.type) + " of shape " +
-                           shape_string(e.shape) + ", expected F32 or F64 of shape " +
-                           shape_string(t.value->shape()));
-        return;
-      }
-      std::vector<T> values = safetensors::decode<T>(e, "tensor '" + name + "'");
-      const std::string non_finite = safetensors::first_non_finite(values, e.shape);
-      if (!non_finite.empty()) {
-        problems.push_back("tensor '" + name + "' " + non_finite);
-        return;
-      }
-      tensors_.push_back({t.value, std::move(values)});
-    };
-    for (const auto& p : s.parameters) stage(p);
-    for (const auto& b : s.buffers) stage(b);
-    for (const auto& c : s.counters) {
-      const std::string name = prefix + c.name;
-      used.push_back(name);
-      const auto found = entries.find(name);
-      if (found == entries.end() || found->second.type != safetensors::dtype::I64 || !found->second.shape.empty()) {
-        problems.push_back("missing counter '" + name + "' (an I64 scalar of shape ())");
-        continue;
-      }
-      counters_.emplace_back(c.value, safetensors::decode<std::int64_t>(found->second, name)[0]);
-    }
-  }
-
-  void commit() {
-    for (auto& t : tensors_) backend_ops<B>::copy_from_host(t.values.data(), t.target->size(), t.target->data());
-    for (const auto& [target, value] : counters_) *target = value;
-  }
-
- private:
-  struct staged_tensor {
-    tensor<T, B>* target;
-    std::vector<T> values;
-  };
-  std::vector<staged_tensor> tensors_;
-  std::vector<std::pair<std::int64_t*, std::int64_t>> counters_;
-};
-
 inline std::int64_t parse_metadata_integer(const safetensors::metadata_map& m, const std::string& key,
                                            const std::filesystem::path& path) {
   const auto found = m.find(key);
@@ -245,9 +185,9 @@ training_checkpoint load_training_checkpoint(const std::filesystem::path& path, 
   const safetensors::contents file = safetensors::read(path);
   std::vector<std::string> problems, used;
   auto optimizer_state = optimizer.state();
-  detail::staged_state optimizer_staged("optimizer.", optimizer_state, file.tensors, problems, used);
+  detail::staged_state optimizer_staged("optimizer", "optimizer.", optimizer_state, file.tensors, problems, used);
   auto method_state = detail::method_state<Model>(method);
-  detail::staged_state method_staged("method.", method_state, file.tensors, problems, used);
+  detail::staged_state method_staged("method", "method.", method_state, file.tensors, problems, used);
   {
     const auto model_state = model.state();
     for (const auto& p : model_state.parameters) used.push_back(p.name);

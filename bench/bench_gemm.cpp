@@ -26,7 +26,7 @@
 #include <benchmark/benchmark.h>
 
 #include <opnorm/backend/cpu.hpp>
-#include <opnorm/layers/conv2d.hpp>
+#include <opnorm/nn/layers/conv2d.hpp>
 
 namespace {
 

@@ -64,7 +64,7 @@
 #include <benchmark/benchmark.h>
 #endif
 
-#include <opnorm/networks.hpp>  // first: it brings the layer vocabulary the method headers use
+#include <opnorm/nn/networks.hpp>  // first: it brings the layer vocabulary the method headers use
 #include <opnorm/analysis/jacobian.hpp>
 #include <opnorm/methods/adversarial.hpp>
 #include <opnorm/methods/data_dependent_snr.hpp>

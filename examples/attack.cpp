@@ -10,7 +10,7 @@
 //   apgd-dlr   APGD on the DLR loss
 //   ensemble   APGD-CE, then APGD-T (targeted DLR over --target-classes classes) on the
 //              examples APGD-CE left: AutoAttack's "standard" ensemble without FAB-T and
-//              Square (see include/opnorm/attacks/ensemble.hpp). An example counts as
+//              Square (see include/opnorm/kernel/attacks/ensemble.hpp). An example counts as
 //              robust only if both fail.
 // eps is in [0, 1] pixel units (standardization is inside the model).
 // --backend chooses where the model and the attack run; the checkpoint may
@@ -36,11 +36,11 @@
 #else
 #define OPNORM_EXAMPLE_HOST_THRUST OPNORM_HAVE_THRUST
 #endif
-#include <opnorm/attacks.hpp>
+#include <opnorm/kernel/attacks.hpp>
 #include <opnorm/data/data.hpp>
 #include <opnorm/io/checkpoint.hpp>
-#include <opnorm/networks.hpp>
-#include <opnorm/transfer.hpp>
+#include <opnorm/nn/networks.hpp>
+#include <opnorm/nn/transfer.hpp>
 
 #include "command_line.hpp"
 

@@ -44,14 +44,14 @@
 #include <nlohmann/json.hpp>
 
 #include <opnorm/analysis/analysis.hpp>
-#include <opnorm/attacks.hpp>
+#include <opnorm/kernel/attacks.hpp>
 #include <opnorm/data/data.hpp>
 #include <opnorm/io/checkpoint.hpp>
 #include <opnorm/methods/adversarial.hpp>
 #include <opnorm/methods/data_dependent_snr.hpp>
 #include <opnorm/methods/global_snr.hpp>
 #include <opnorm/methods/standard.hpp>
-#include <opnorm/networks.hpp>
+#include <opnorm/nn/networks.hpp>
 #include <opnorm/train/train.hpp>
 
 #include "command_line.hpp"

@@ -55,7 +55,7 @@
 #include <opnorm/methods/data_dependent_snr.hpp>
 #include <opnorm/methods/global_snr.hpp>
 #include <opnorm/methods/standard.hpp>
-#include <opnorm/networks.hpp>
+#include <opnorm/nn/networks.hpp>
 #include <opnorm/train/train.hpp>
 
 #include "command_line.hpp"

@@ -83,7 +83,7 @@ def main(directory):
         return 77
     if torchattacks.__version__ != TORCHATTACKS_VERSION:
         print(f"torchattacks {torchattacks.__version__} found, the check is written for {TORCHATTACKS_VERSION} "
-              f"(opnorm's attacks/apgd.hpp lists its differences from that version)")
+              f"(opnorm's kernel/attacks/apgd.hpp lists its differences from that version)")
         return 1
     torch.set_num_threads(1)  # ctest runs tests side by side on every core
 

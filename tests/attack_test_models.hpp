@@ -8,13 +8,13 @@
 #include <random>
 #include <vector>
 
-#include <opnorm/layers/batch_norm.hpp>
-#include <opnorm/layers/dense.hpp>
-#include <opnorm/layers/relu.hpp>
-#include <opnorm/losses.hpp>
-#include <opnorm/mode.hpp>
-#include <opnorm/per_example.hpp>
-#include <opnorm/sequential.hpp>
+#include <opnorm/nn/layers/batch_norm.hpp>
+#include <opnorm/nn/layers/dense.hpp>
+#include <opnorm/nn/layers/relu.hpp>
+#include <opnorm/nn/losses.hpp>
+#include <opnorm/core/mode.hpp>
+#include <opnorm/core/per_example.hpp>
+#include <opnorm/nn/sequential.hpp>
 
 namespace opnorm::testing {
 

@@ -7,7 +7,7 @@
 #include <cmath>
 #include <random>
 
-#include <opnorm/sequential.hpp>
+#include <opnorm/nn/sequential.hpp>
 #include <opnorm/testing/check_layer.hpp>
 
 #include "test_backends.hpp"

@@ -13,8 +13,8 @@
 #include <opnorm/analysis/alignment.hpp>
 #include <opnorm/analysis/eps_selection.hpp>
 #include <opnorm/analysis/statistics.hpp>
-#include <opnorm/layers/dense.hpp>
-#include <opnorm/layers/relu.hpp>
+#include <opnorm/nn/layers/dense.hpp>
+#include <opnorm/nn/layers/relu.hpp>
 
 using namespace opnorm;
 using namespace opnorm::testing;

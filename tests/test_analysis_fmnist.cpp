@@ -7,7 +7,7 @@
 #include "analysis_test_helpers.hpp"
 
 #include <opnorm/analysis/analysis.hpp>
-#include <opnorm/networks.hpp>
+#include <opnorm/nn/networks.hpp>
 
 using namespace opnorm;
 using namespace opnorm::testing;

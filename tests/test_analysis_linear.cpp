@@ -7,10 +7,10 @@
 #include <Eigen/SVD>
 
 #include <opnorm/analysis/analysis.hpp>
-#include <opnorm/layers/conv2d.hpp>
-#include <opnorm/layers/dense.hpp>
-#include <opnorm/layers/flatten.hpp>
-#include <opnorm/layers/standardize.hpp>
+#include <opnorm/nn/layers/conv2d.hpp>
+#include <opnorm/nn/layers/dense.hpp>
+#include <opnorm/nn/layers/flatten.hpp>
+#include <opnorm/nn/layers/standardize.hpp>
 
 using namespace opnorm;
 using namespace opnorm::testing;

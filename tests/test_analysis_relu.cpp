@@ -6,8 +6,8 @@
 #include "analysis_test_helpers.hpp"
 
 #include <opnorm/analysis/analysis.hpp>
-#include <opnorm/layers/dense.hpp>
-#include <opnorm/layers/relu.hpp>
+#include <opnorm/nn/layers/dense.hpp>
+#include <opnorm/nn/layers/relu.hpp>
 
 using namespace opnorm;
 using namespace opnorm::testing;

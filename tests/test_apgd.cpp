@@ -13,10 +13,10 @@
 #include <limits>
 #include <numeric>
 
-#include <opnorm/attacks.hpp>
-#include <opnorm/layers/batch_norm.hpp>
-#include <opnorm/layers/dense.hpp>
-#include <opnorm/layers/relu.hpp>
+#include <opnorm/kernel/attacks.hpp>
+#include <opnorm/nn/layers/batch_norm.hpp>
+#include <opnorm/nn/layers/dense.hpp>
+#include <opnorm/nn/layers/relu.hpp>
 
 using namespace opnorm;
 using namespace opnorm::testing;

@@ -12,11 +12,11 @@
 #include <set>
 #include <string>
 
-#include <opnorm/attacks.hpp>
-#include <opnorm/power_iteration.hpp>
-#include <opnorm/layers/batch_norm.hpp>
-#include <opnorm/layers/dense.hpp>
-#include <opnorm/layers/relu.hpp>
+#include <opnorm/kernel/attacks.hpp>
+#include <opnorm/kernel/power_iteration.hpp>
+#include <opnorm/nn/layers/batch_norm.hpp>
+#include <opnorm/nn/layers/dense.hpp>
+#include <opnorm/nn/layers/relu.hpp>
 
 using namespace opnorm;
 using namespace opnorm::testing;

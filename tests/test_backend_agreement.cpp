@@ -24,16 +24,16 @@
 #include <random>
 #include <vector>
 
-#include <opnorm/attacks.hpp>
+#include <opnorm/kernel/attacks.hpp>
 #include <opnorm/backend/cpu.hpp>
 #include <opnorm/backend/thrust.hpp>
-#include <opnorm/losses.hpp>
+#include <opnorm/nn/losses.hpp>
 #include <opnorm/methods/adversarial.hpp>
 #include <opnorm/methods/data_dependent_snr.hpp>
 #include <opnorm/methods/global_snr.hpp>
 #include <opnorm/methods/standard.hpp>
-#include <opnorm/networks.hpp>
-#include <opnorm/power_iteration.hpp>
+#include <opnorm/nn/networks.hpp>
+#include <opnorm/kernel/power_iteration.hpp>
 #include <opnorm/train/optimizers.hpp>
 
 using namespace opnorm;

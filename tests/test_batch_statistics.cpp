@@ -10,11 +10,11 @@
 
 #include <functional>
 
-#include <opnorm/layers/batch_norm.hpp>
-#include <opnorm/layers/conv2d.hpp>
-#include <opnorm/layers/dense.hpp>
-#include <opnorm/layers/flatten.hpp>
-#include <opnorm/layers/relu.hpp>
+#include <opnorm/nn/layers/batch_norm.hpp>
+#include <opnorm/nn/layers/conv2d.hpp>
+#include <opnorm/nn/layers/dense.hpp>
+#include <opnorm/nn/layers/flatten.hpp>
+#include <opnorm/nn/layers/relu.hpp>
 #include <opnorm/methods/data_dependent_snr.hpp>
 #include <opnorm/methods/standard.hpp>
 

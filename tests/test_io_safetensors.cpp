@@ -20,12 +20,12 @@
 
 #include <opnorm/io/checkpoint.hpp>
 #include <opnorm/io/safetensors.hpp>
-#include <opnorm/layers/dense.hpp>
-#include <opnorm/layers/relu.hpp>
-#include <opnorm/sequential.hpp>
+#include <opnorm/nn/layers/dense.hpp>
+#include <opnorm/nn/layers/relu.hpp>
+#include <opnorm/nn/sequential.hpp>
 
-#if __has_include(<opnorm/networks.hpp>)
-#include <opnorm/networks.hpp>
+#if __has_include(<opnorm/nn/networks.hpp>)
+#include <opnorm/nn/networks.hpp>
 #define OPNORM_TEST_HAVE_NETWORKS 1
 #endif
 

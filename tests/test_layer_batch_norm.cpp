@@ -1,6 +1,6 @@
 #include "gradient_check.hpp"
 
-#include <opnorm/layers/batch_norm.hpp>
+#include <opnorm/nn/layers/batch_norm.hpp>
 
 using namespace opnorm;
 using namespace opnorm::testing;

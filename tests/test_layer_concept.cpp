@@ -1,4 +1,4 @@
-// The checked layer contract (layers/layer_concept.hpp), the weight-matrix
+// The checked layer contract (nn/layers/layer_concept.hpp), the weight-matrix
 // hook global SNR reads (sequential::weight_matrices), and the shipped layer
 // checker (testing/check_layer.hpp) on user-defined layers, right and wrong.
 #include <doctest/doctest.h>
@@ -8,7 +8,7 @@
 #include <vector>
 
 #include <opnorm/backend/thrust.hpp>
-#include <opnorm/networks.hpp>
+#include <opnorm/nn/networks.hpp>
 #include <opnorm/testing/check_layer.hpp>
 
 #include "test_backends.hpp"

@@ -1,6 +1,6 @@
 #include "gradient_check.hpp"
 
-#include <opnorm/layers/conv2d.hpp>
+#include <opnorm/nn/layers/conv2d.hpp>
 
 #include <limits>
 
@@ -169,7 +169,7 @@ TEST_CASE_TEMPLATE("conv2d winograd: forward matches the direct definition", B, 
       {3, 4, 3, 1, 1, true, {2, 3, 6, 6}},  {3, 4, 3, 1, 1, true, {2, 3, 5, 7}},
       {2, 5, 3, 1, 0, false, {3, 2, 7, 6}}, {4, 2, 3, 1, 2, true, {1, 4, 4, 5}},
       {1, 3, 3, 1, 0, true, {2, 1, 3, 3}},  {9, 7, 3, 1, 1, true, {2, 9, 9, 8}},
-      // More than one block of 32 tiles per tile row (layers/winograd.hpp).
+      // More than one block of 32 tiles per tile row (nn/layers/winograd.hpp).
       {2, 3, 3, 1, 1, true, {2, 2, 5, 70}}, {2, 3, 3, 1, 0, false, {1, 2, 4, 131}},
   };
   check_forward_matches_direct<B>(cases, conv_algorithm::winograd, 31);

@@ -4,9 +4,9 @@
 #include <limits>
 #include <numeric>
 
-#include <opnorm/layers/flatten.hpp>
-#include <opnorm/layers/max_pool2d.hpp>
-#include <opnorm/layers/standardize.hpp>
+#include <opnorm/nn/layers/flatten.hpp>
+#include <opnorm/nn/layers/max_pool2d.hpp>
+#include <opnorm/nn/layers/standardize.hpp>
 
 using namespace opnorm;
 using namespace opnorm::testing;

@@ -1,7 +1,7 @@
 #include "gradient_check.hpp"
 
-#include <opnorm/layers/dense.hpp>
-#include <opnorm/layers/relu.hpp>
+#include <opnorm/nn/layers/dense.hpp>
+#include <opnorm/nn/layers/relu.hpp>
 
 using namespace opnorm;
 using namespace opnorm::testing;

@@ -9,11 +9,11 @@
 #include <map>
 #include <string>
 
-#include <opnorm/layers/batch_norm.hpp>
-#include <opnorm/layers/conv2d.hpp>
-#include <opnorm/layers/dense.hpp>
-#include <opnorm/layers/flatten.hpp>
-#include <opnorm/layers/relu.hpp>
+#include <opnorm/nn/layers/batch_norm.hpp>
+#include <opnorm/nn/layers/conv2d.hpp>
+#include <opnorm/nn/layers/dense.hpp>
+#include <opnorm/nn/layers/flatten.hpp>
+#include <opnorm/nn/layers/relu.hpp>
 #include <opnorm/methods/adversarial.hpp>
 #include <opnorm/methods/data_dependent_snr.hpp>
 #include <opnorm/methods/global_snr.hpp>

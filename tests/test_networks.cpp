@@ -1,6 +1,6 @@
 #include "gradient_check.hpp"
 
-#include <opnorm/networks.hpp>
+#include <opnorm/nn/networks.hpp>
 
 using namespace opnorm;
 using namespace opnorm::testing;

@@ -6,9 +6,9 @@
 #include <cmath>
 #include <vector>
 
-#include <opnorm/layers/dense.hpp>
-#include <opnorm/layers/relu.hpp>
-#include <opnorm/sequential.hpp>
+#include <opnorm/nn/layers/dense.hpp>
+#include <opnorm/nn/layers/relu.hpp>
+#include <opnorm/nn/sequential.hpp>
 #include <opnorm/train/optimizers.hpp>
 #include <opnorm/train/schedules.hpp>
 

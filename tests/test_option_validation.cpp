@@ -14,12 +14,12 @@
 #include <limits>
 #include <string>
 
-#include <opnorm/attacks.hpp>
+#include <opnorm/kernel/attacks.hpp>
 #include <opnorm/methods/adversarial.hpp>
 #include <opnorm/methods/data_dependent_snr.hpp>
 #include <opnorm/methods/global_snr.hpp>
-#include <opnorm/networks.hpp>
-#include <opnorm/power_iteration.hpp>
+#include <opnorm/nn/networks.hpp>
+#include <opnorm/kernel/power_iteration.hpp>
 
 #include "attack_test_models.hpp"
 

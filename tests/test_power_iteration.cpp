@@ -10,8 +10,8 @@
 #include <Eigen/SVD>
 
 #include <opnorm/analysis/jacobian.hpp>
-#include <opnorm/networks.hpp>
-#include <opnorm/power_iteration.hpp>
+#include <opnorm/nn/networks.hpp>
+#include <opnorm/kernel/power_iteration.hpp>
 
 using namespace opnorm;
 using namespace opnorm::testing;

@@ -16,18 +16,18 @@
 #include <vector>
 
 #include <opnorm/data/dataset.hpp>
-#include <opnorm/layers/batch_norm.hpp>
-#include <opnorm/layers/conv2d.hpp>
-#include <opnorm/layers/dense.hpp>
-#include <opnorm/layers/flatten.hpp>
-#include <opnorm/layers/max_pool2d.hpp>
-#include <opnorm/layers/relu.hpp>
-#include <opnorm/losses.hpp>
+#include <opnorm/nn/layers/batch_norm.hpp>
+#include <opnorm/nn/layers/conv2d.hpp>
+#include <opnorm/nn/layers/dense.hpp>
+#include <opnorm/nn/layers/flatten.hpp>
+#include <opnorm/nn/layers/max_pool2d.hpp>
+#include <opnorm/nn/layers/relu.hpp>
+#include <opnorm/nn/losses.hpp>
 #include <opnorm/methods/adversarial.hpp>
 #include <opnorm/methods/data_dependent_snr.hpp>
 #include <opnorm/methods/global_snr.hpp>
 #include <opnorm/methods/standard.hpp>
-#include <opnorm/sequential.hpp>
+#include <opnorm/nn/sequential.hpp>
 #include <opnorm/train/train.hpp>
 
 #include "test_backends.hpp"

@@ -13,18 +13,18 @@
 #include <vector>
 
 #include <opnorm/io/checkpoint.hpp>
-#include <opnorm/layers/batch_norm.hpp>
-#include <opnorm/layers/conv2d.hpp>
-#include <opnorm/layers/dense.hpp>
-#include <opnorm/layers/flatten.hpp>
-#include <opnorm/layers/max_pool2d.hpp>
-#include <opnorm/layers/relu.hpp>
-#include <opnorm/layers/standardize.hpp>
+#include <opnorm/nn/layers/batch_norm.hpp>
+#include <opnorm/nn/layers/conv2d.hpp>
+#include <opnorm/nn/layers/dense.hpp>
+#include <opnorm/nn/layers/flatten.hpp>
+#include <opnorm/nn/layers/max_pool2d.hpp>
+#include <opnorm/nn/layers/relu.hpp>
+#include <opnorm/nn/layers/standardize.hpp>
 #include <opnorm/methods/global_snr.hpp>
 #include <opnorm/methods/standard.hpp>
 #include <opnorm/train/optimizers.hpp>
 #include <opnorm/train/training_checkpoint.hpp>
-#include <opnorm/transfer.hpp>
+#include <opnorm/nn/transfer.hpp>
 
 #include "test_backends.hpp"
 

@@ -43,7 +43,7 @@ TOLERANCE = 1e-4
 
 
 def fmnist_cnn():
-    """opnorm::fmnist_cnn, module for module (include/opnorm/networks.hpp)."""
+    """opnorm::fmnist_cnn, module for module (include/opnorm/nn/networks.hpp)."""
     nn = torch.nn
 
     def conv_block(cin, cout):

@@ -3,7 +3,7 @@
 #include <cstring>
 #include <vector>
 
-#include <opnorm/tensor.hpp>
+#include <opnorm/core/tensor.hpp>
 struct half_backend {};
 template <>
 struct opnorm::backend_ops<half_backend> {

@@ -1,6 +1,6 @@
 // Must not compile: a layer that declares parameters must provide
 // jvp_parameter_vjp or opt out explicitly; sequential<> checks it.
-#include <opnorm/sequential.hpp>
+#include <opnorm/nn/sequential.hpp>
 
 template <class T = double, class Backend = opnorm::backend::cpu>
 struct scale_silently_without_jvp_parameter_vjp {

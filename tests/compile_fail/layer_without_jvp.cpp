@@ -1,7 +1,7 @@
 // Must not compile: a user layer without jvp, used in a network, fails where
 // the network is declared, with the sentence naming jvp.
-#include <opnorm/layers/dense.hpp>
-#include <opnorm/sequential.hpp>
+#include <opnorm/nn/layers/dense.hpp>
+#include <opnorm/nn/sequential.hpp>
 
 template <class T = double, class Backend = opnorm::backend::cpu>
 struct identity_without_jvp {

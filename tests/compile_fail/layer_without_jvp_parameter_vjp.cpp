@@ -1,8 +1,8 @@
 // Must not compile: a layer with parameters that opts out of
 // jvp_parameter_vjp is fine in a network (forward, vjp, jvp), but asking the
 // network for Eq. 8's jvp_parameter_vjp refuses with a sentence.
-#include <opnorm/layers/relu.hpp>
-#include <opnorm/sequential.hpp>
+#include <opnorm/nn/layers/relu.hpp>
+#include <opnorm/nn/sequential.hpp>
 
 // y = a * x with one trainable scalar a, whose JVP's parameter gradient it
 // does not provide.

@@ -1,7 +1,7 @@
 // Must not compile: loss_gradient's forward half is the gradient of the
 // loss with respect to the logits, and this user's loss (the 0-1 loss)
 // gives only a value.
-#include <opnorm/power_iteration.hpp>
+#include <opnorm/kernel/power_iteration.hpp>
 struct zero_one_loss {
   template <class T, class B>
   using target_type = opnorm::label_tensor<B>;

@@ -1,7 +1,7 @@
 // Must not compile: projected_step projects onto the eps-ball, and this
 // user's norm has everything the power iteration needs except the
 // projection (and the uniform sample inside the ball).
-#include <opnorm/power_iteration.hpp>
+#include <opnorm/kernel/power_iteration.hpp>
 struct l2_without_projection {
   template <class T, class B>
   static void steepest_ascent(const opnorm::tensor<T, B>& g, opnorm::tensor<T, B>& v) {

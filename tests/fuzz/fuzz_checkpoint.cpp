@@ -9,7 +9,7 @@
 #include <set>
 
 #include <opnorm/io/checkpoint.hpp>
-#include <opnorm/networks.hpp>
+#include <opnorm/nn/networks.hpp>
 
 #include "fuzz_common.hpp"
 

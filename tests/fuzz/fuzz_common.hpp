@@ -26,7 +26,7 @@
 
 #include <opnorm/backend/cpu.hpp>
 #include <opnorm/io/safetensors.hpp>
-#include <opnorm/layers/layer.hpp>
+#include <opnorm/nn/layers/layer.hpp>
 
 namespace opnorm_fuzz {
 

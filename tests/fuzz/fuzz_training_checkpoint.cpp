@@ -10,7 +10,7 @@
 // call. An accepted file must have had the right method and optimizer names
 // and the integers the result reports.
 #include <opnorm/methods/standard.hpp>
-#include <opnorm/networks.hpp>
+#include <opnorm/nn/networks.hpp>
 #include <opnorm/train/optimizers.hpp>
 #include <opnorm/train/training_checkpoint.hpp>
 

@@ -16,7 +16,7 @@
 
 #include <opnorm/io/checkpoint.hpp>
 #include <opnorm/methods/standard.hpp>
-#include <opnorm/networks.hpp>
+#include <opnorm/nn/networks.hpp>
 #include <opnorm/train/optimizers.hpp>
 #include <opnorm/train/training_checkpoint.hpp>
 

@@ -44,18 +44,18 @@
 
 #include <nlohmann/json.hpp>
 
-#include <opnorm/attacks.hpp>
+#include <opnorm/kernel/attacks.hpp>
 #include <opnorm/data/data.hpp>
 #include <opnorm/io/checkpoint.hpp>
 #include <opnorm/io/safetensors.hpp>
-#include <opnorm/layers/conv2d.hpp>
-#include <opnorm/layers/dense.hpp>
-#include <opnorm/layers/flatten.hpp>
-#include <opnorm/layers/max_pool2d.hpp>
-#include <opnorm/layers/relu.hpp>
-#include <opnorm/layers/standardize.hpp>
+#include <opnorm/nn/layers/conv2d.hpp>
+#include <opnorm/nn/layers/dense.hpp>
+#include <opnorm/nn/layers/flatten.hpp>
+#include <opnorm/nn/layers/max_pool2d.hpp>
+#include <opnorm/nn/layers/relu.hpp>
+#include <opnorm/nn/layers/standardize.hpp>
 #include <opnorm/methods/standard.hpp>
-#include <opnorm/networks.hpp>
+#include <opnorm/nn/networks.hpp>
 #include <opnorm/train/train.hpp>
 
 namespace {

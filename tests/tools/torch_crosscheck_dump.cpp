@@ -38,12 +38,12 @@
 #include <string>
 #include <vector>
 
-#include <opnorm/attacks.hpp>
+#include <opnorm/kernel/attacks.hpp>
 #include <opnorm/io/checkpoint.hpp>
 #include <opnorm/io/safetensors.hpp>
-#include <opnorm/losses.hpp>
-#include <opnorm/networks.hpp>
-#include <opnorm/power_iteration.hpp>
+#include <opnorm/nn/losses.hpp>
+#include <opnorm/nn/networks.hpp>
+#include <opnorm/kernel/power_iteration.hpp>
 
 namespace {
 

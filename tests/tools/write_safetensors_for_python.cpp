@@ -21,9 +21,9 @@
 
 #include <opnorm/io/checkpoint.hpp>
 #include <opnorm/io/safetensors.hpp>
-#include <opnorm/layers/dense.hpp>
-#include <opnorm/layers/relu.hpp>
-#include <opnorm/sequential.hpp>
+#include <opnorm/nn/layers/dense.hpp>
+#include <opnorm/nn/layers/relu.hpp>
+#include <opnorm/nn/sequential.hpp>
 
 namespace {
 

@@ -14,7 +14,7 @@
 #include <string>
 #include <vector>
 
-#include "../attacks.hpp"
+#include "../kernel/attacks.hpp"
 #include "jacobian.hpp"
 #include "spectrum.hpp"
 #include "statistics.hpp"

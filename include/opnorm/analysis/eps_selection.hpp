@@ -22,7 +22,7 @@
 #include <string>
 #include <vector>
 
-#include "../attacks.hpp"
+#include "../kernel/attacks.hpp"
 
 namespace opnorm::analysis {
 

@@ -14,8 +14,8 @@
 
 #include <Eigen/Core>
 
-#include "../mode.hpp"
-#include "../tensor.hpp"
+#include "../core/mode.hpp"
+#include "../core/tensor.hpp"
 
 namespace opnorm::analysis {
 

@@ -39,8 +39,8 @@
 #include <string>
 #include <vector>
 
-#include "../attacks.hpp"
-#include "../power_iteration.hpp"
+#include "../kernel/attacks.hpp"
+#include "../kernel/power_iteration.hpp"
 #include "jacobian.hpp"
 #include "statistics.hpp"
 

@@ -59,9 +59,9 @@
 
 #include <Eigen/QR>
 
-#include "../mode.hpp"
-#include "../per_example.hpp"
-#include "../random.hpp"
+#include "../core/mode.hpp"
+#include "../core/per_example.hpp"
+#include "../core/random.hpp"
 #include "jacobian.hpp"
 
 namespace opnorm::analysis {

@@ -12,7 +12,7 @@
 #include <string>
 #include <vector>
 
-#include "../tensor.hpp"
+#include "../core/tensor.hpp"
 #include "shuffle.hpp"
 
 namespace opnorm {

@@ -12,8 +12,8 @@
 #include <type_traits>
 #include <vector>
 
-#include "../losses.hpp"
-#include "../tensor.hpp"
+#include "../nn/losses.hpp"
+#include "../core/tensor.hpp"
 #include "error.hpp"
 
 namespace opnorm {

@@ -18,7 +18,7 @@
 #include <utility>
 #include <vector>
 
-#include "../layers/layer.hpp"
+#include "../core/state.hpp"
 #include "safetensors.hpp"
 
 namespace opnorm {

@@ -53,7 +53,7 @@
 #include <nlohmann/json.hpp>
 #include <zlib.h>
 
-#include "../tensor.hpp"
+#include "../core/tensor.hpp"
 #include "atomic_file.hpp"
 
 #if defined(__BYTE_ORDER__) && defined(__ORDER_LITTLE_ENDIAN__)

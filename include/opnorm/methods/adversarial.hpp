@@ -16,7 +16,7 @@
 // the published PyTorch training loops do (both passes under model.train()),
 // and the test-time map is calibrated on that mixture as part of the method.
 // docs/batch-statistics.md compares this with data-dependent SNR's choice.
-#include "../attacks.hpp"
+#include "../kernel/attacks.hpp"
 #include "method.hpp"
 #include "workspace_cache.hpp"
 

@@ -47,8 +47,8 @@
 //
 // v is held constant (no gradient flows into it), and finding it changes
 // nothing in the model. The cross-entropy pass runs in train mode.
-#include "../power_iteration.hpp"
-#include "../sequential.hpp"
+#include "../kernel/power_iteration.hpp"
+#include "../nn/sequential.hpp"
 #include "method.hpp"
 #include "workspace_cache.hpp"
 

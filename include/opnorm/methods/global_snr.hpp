@@ -16,8 +16,8 @@
 #include <map>
 #include <string>
 
-#include "../layers/layer.hpp"
-#include "../power_iteration.hpp"
+#include "../core/state.hpp"
+#include "../kernel/power_iteration.hpp"
 #include "method.hpp"
 
 namespace opnorm {

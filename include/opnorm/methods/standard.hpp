@@ -1,7 +1,7 @@
 #pragma once
 // standard: empirical risk minimization with softmax cross-entropy, the
 // baseline every robust method is compared against.
-#include "../mode.hpp"
+#include "../core/mode.hpp"
 #include "method.hpp"
 
 namespace opnorm {

@@ -33,7 +33,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "../layers/layer_concept.hpp"
+#include "../nn/layers/layer_concept.hpp"
 
 namespace opnorm::testing {
 

@@ -5,8 +5,8 @@
 // copied into device tensors kept from batch to batch.
 #include <type_traits>
 
-#include "../losses.hpp"
-#include "../tensor.hpp"
+#include "../nn/losses.hpp"
+#include "../core/tensor.hpp"
 
 namespace opnorm {
 

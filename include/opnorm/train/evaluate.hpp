@@ -5,9 +5,9 @@
 
 #include "../data/batching.hpp"
 #include "../data/dataset.hpp"
-#include "../losses.hpp"
+#include "../nn/losses.hpp"
 #include "../methods/method.hpp"
-#include "../mode.hpp"
+#include "../core/mode.hpp"
 #include "batch_transfer.hpp"
 
 namespace opnorm {

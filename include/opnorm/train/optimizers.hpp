@@ -37,7 +37,7 @@
 #include <vector>
 
 #include "../detail/options.hpp"
-#include "../layers/layer.hpp"
+#include "../core/state.hpp"
 
 namespace opnorm {
 

@@ -20,8 +20,8 @@
 // running statistics and nothing in the model changes.
 #include <type_traits>
 
-#include "detail/options.hpp"
-#include "mode.hpp"
+#include "../detail/options.hpp"
+#include "../core/mode.hpp"
 #include "norms.hpp"
 #include "operators.hpp"
 #include "steps.hpp"

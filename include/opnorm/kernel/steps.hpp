@@ -14,7 +14,7 @@
 #include <utility>
 
 #include "norms.hpp"
-#include "per_example.hpp"
+#include "../core/per_example.hpp"
 
 namespace opnorm {
 

@@ -16,9 +16,9 @@
 #include <type_traits>
 #include <utility>
 
-#include "per_example.hpp"
-#include "random.hpp"
-#include "tensor.hpp"
+#include "../core/per_example.hpp"
+#include "../core/random.hpp"
+#include "../core/tensor.hpp"
 
 namespace opnorm {
 

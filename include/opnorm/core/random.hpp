@@ -8,7 +8,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "detail/config.hpp"
+#include "../detail/config.hpp"
 
 namespace opnorm::random {
 

@@ -33,7 +33,7 @@
 #include <string>
 #include <type_traits>
 
-#include "../detail/interleaved_sum.hpp"
+#include "../../detail/interleaved_sum.hpp"
 #include "layer.hpp"
 #include "winograd.hpp"
 

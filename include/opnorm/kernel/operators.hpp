@@ -53,8 +53,8 @@
 #include <type_traits>
 #include <utility>
 
-#include "losses.hpp"
-#include "mode.hpp"
+#include "../nn/losses.hpp"
+#include "../core/mode.hpp"
 #include "norms.hpp"
 #include "steps.hpp"
 

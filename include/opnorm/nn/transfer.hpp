@@ -29,10 +29,10 @@
 #include <type_traits>
 
 #include "layers/layer.hpp"
-#include "methods/global_snr.hpp"
+#include "../methods/global_snr.hpp"
 #include "sequential.hpp"
-#include "tensor.hpp"
-#include "train/optimizers.hpp"
+#include "../core/tensor.hpp"
+#include "../train/optimizers.hpp"
 
 namespace opnorm {
 

@@ -19,7 +19,7 @@
 #include <utility>
 #include <vector>
 
-#include "../tensor.hpp"
+#include "../../core/tensor.hpp"
 
 namespace opnorm {
 

@@ -40,8 +40,8 @@
 //
 // The 1-d transforms are written out rather than stored as matrices: device
 // code cannot index a host array, and unrolled they are a handful of adds.
-#include "../backend/backend.hpp"
-#include "../tensor.hpp"
+#include "../../backend/backend.hpp"
+#include "../../core/tensor.hpp"
 
 namespace opnorm::detail::winograd {
 

@@ -21,15 +21,12 @@
 #include <type_traits>
 #include <vector>
 
-#include "tensor.hpp"
+#include "../core/labels.hpp"
+#include "../core/tensor.hpp"
 
 namespace opnorm {
 
 enum class reduction { mean, sum };
-
-/// Class labels, one per example, on the same backend as the logits.
-template <class Backend = backend::cpu>
-using label_tensor = tensor<std::int32_t, Backend>;
 
 namespace detail {
 // The reduced loss, summed in double on the backend: one scalar reaches the host.

@@ -85,10 +85,10 @@
 #include <utility>
 #include <vector>
 
-#include "../losses.hpp"
-#include "../mode.hpp"
+#include "../../nn/losses.hpp"
+#include "../../core/mode.hpp"
 #include "../norms.hpp"
-#include "../per_example.hpp"
+#include "../../core/per_example.hpp"
 #include "pga.hpp"  // attack_result
 #include "rows.hpp"
 

@@ -16,8 +16,8 @@
 #include <string>
 #include <vector>
 
-#include "backend/backend.hpp"
-#include "backend/cpu.hpp"
+#include "../backend/backend.hpp"
+#include "../backend/cpu.hpp"
 
 namespace opnorm {
 
@@ -161,5 +161,15 @@ class tensor {
   shape_t shape_;
   storage_type storage_;
 };
+
+/// A copy of t on backend B2, made through host memory: no backend can read
+/// another's memory directly (a CUDA pointer is not a host pointer), and
+/// to_vector / from_vector are the two operations every backend offers.
+/// t must hold its elements: a default-constructed tensor (shape (), no
+/// storage) is not copied by anyone, so the layers skip their absent biases.
+template <class B2, class T, class B>
+tensor<T, B2> copy_to_backend(const tensor<T, B>& t) {
+  return tensor<T, B2>::from_vector(t.shape(), t.to_vector());
+}
 
 }  // namespace opnorm

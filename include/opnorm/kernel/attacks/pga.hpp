@@ -17,7 +17,7 @@
 #include <string>
 #include <vector>
 
-#include "../losses.hpp"
+#include "../../nn/losses.hpp"
 #include "../power_iteration.hpp"
 
 namespace opnorm {

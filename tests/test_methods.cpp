@@ -446,7 +446,12 @@ TEST_CASE_TEMPLATE("global SNR end to end: accumulate_gradients leaves the gradi
     typename net_t::tape tape;
     const batch_result r = method.accumulate_gradients(f.net, tape, f.x, f.y);
     const auto u_after = left_vectors(method);
-    for (const auto& [name, pair] : pairs) {
+    // Not a structured binding: CAPTURE captures name in a lambda, which
+    // C++17 does not allow for a binding (clang rejects it; the sanitizer
+    // build uses clang).
+    for (const auto& entry : pairs) {
+      const std::string& name = entry.first;
+      const weight_pair& pair = entry.second;
       CAPTURE(name);
       double diff = 0;
       for (std::size_t i = 0; i < pair.u.size(); ++i) diff = std::max(diff, std::abs(u_after.at(name)[i] - pair.u[i]));

@@ -15,7 +15,15 @@
 // eps is in [0, 1] pixel units (standardization is inside the model).
 // --backend chooses where the model and the attack run; the checkpoint may
 // come from any backend.
+//
+// --distributed (a build with OPNORM_MPI=ON) splits the test images across
+// the ranks of an MPI job (mpirun -np N attack --distributed ...): each rank
+// attacks its contiguous shard, and the counts are summed. The attacks are
+// per example and their random starts depend on the example only, so the
+// numbers are those of one process.
 #include <chrono>
+#include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <iostream>
 #include <sstream>
@@ -42,6 +50,12 @@
 #include <opnorm/nn/networks.hpp>
 #include <opnorm/nn/transfer.hpp>
 
+#include <opnorm/distributed/communicator.hpp>
+#include <opnorm/distributed/data_parallel.hpp>
+#if OPNORM_HAVE_MPI
+#include <opnorm/distributed/mpi.hpp>
+#endif
+
 #include "command_line.hpp"
 
 using namespace opnorm;
@@ -57,6 +71,7 @@ struct settings {
   int restarts = 1, target_classes = 9;
   index_t examples = 1000, first = 0;
   std::uint64_t seed = 0;
+  bool distributed = false;
 };
 
 /// The --backend values this build offers (cuda only when compiled by nvcc).
@@ -113,8 +128,8 @@ std::string attack_name(const settings& s) {
 
 /// Loads the model onto backend B and attacks it there; the test images are
 /// read on the host and copied over once.
-template <class B>
-void attack_on(const settings& s) {
+template <class B, class Communicator>
+void attack_on(Communicator& comm, const settings& s) {
   auto model = make_fmnist_cnn<float, B>();
   load_checkpoint(model, s.checkpoint);
   const auto test = load_fashion_mnist<float>(s.data_dir, split::test);
@@ -122,16 +137,31 @@ void attack_on(const settings& s) {
     throw cl::usage_error("--first " + std::to_string(s.first) + ": the test set has " +
                           std::to_string(test.size()) + " images, so there is nothing to attack");
   const index_t n = std::min(s.examples, test.size() - s.first);
-  const auto part = subset(test, s.first, n);
+  if (n < comm.size())
+    throw cl::usage_error("--examples " + std::to_string(n) + " is fewer than the " + std::to_string(comm.size()) +
+                          " ranks of the job");
+  // This rank's contiguous shard of the n images (all of them in one process).
+  const distributed::shard mine = distributed::shard_of(n, comm.rank(), comm.size());
+  const auto part = subset(test, s.first + mine.begin, mine.size());
   const auto images = to<B>(part.images);
   const auto labels = to<B>(part.labels);
   const auto start = std::chrono::steady_clock::now();
-  const auto accuracy = s.norm == "l2" ? robust_accuracies<l2>(model, s, images, labels)
-                                       : robust_accuracies<linf>(model, s, images, labels);
+  std::vector<double> accuracy = s.norm == "l2" ? robust_accuracies<l2>(model, s, images, labels)
+                                                : robust_accuracies<linf>(model, s, images, labels);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  const auto clean = robust_accuracy<l2>(model, attack_options<float>{}, images, labels, {0.0f}).front();
-  std::printf("%s, %s, %d restart(s), %lld test images, eps in [0,1] pixel units, backend %s\n",
+  accuracy.push_back(robust_accuracy<l2>(model, attack_options<float>{}, images, labels, {0.0f}).front());
+  // Fractions of the shard back to counts (exact: count / size * size
+  // rounds to count), summed over ranks, then fractions of all n.
+  std::vector<std::int64_t> counts;
+  for (double a : accuracy) counts.push_back(std::llround(a * static_cast<double>(mine.size())));
+  comm.all_reduce_sum(counts.data(), static_cast<index_t>(counts.size()));
+  for (std::size_t k = 0; k < counts.size(); ++k) accuracy[k] = static_cast<double>(counts[k]) / static_cast<double>(n);
+  const double clean = accuracy.back();
+  if (comm.rank() != 0) return;
+  std::printf("%s, %s, %d restart(s), %lld test images, eps in [0,1] pixel units, backend %s",
               s.checkpoint.c_str(), attack_name(s).c_str(), s.restarts, static_cast<long long>(n), s.backend.c_str());
+  if (comm.size() > 1) std::printf(", %d ranks", comm.size());
+  std::printf("\n");
   std::printf("clean accuracy: %.2f%%\n", 100 * clean);
   for (std::size_t k = 0; k < s.eps_list.size(); ++k)
     std::printf("eps %-6g robust accuracy %.2f%%\n", static_cast<double>(s.eps_list[k]), 100 * accuracy[k]);
@@ -185,19 +215,46 @@ int main(int argc, char** argv) {
                  "; the checkpoint may come from any backend")
       ->check(CLI::IsMember(backend_names))
       ->capture_default_str();
+  app.add_flag("--distributed", s.distributed,
+               "split the images across the ranks of an MPI job (mpirun -np N attack --distributed ...); needs a "
+               "build with OPNORM_MPI=ON");
   if (const int code = cl::parse_or_exit_code(app, argc, argv); code >= 0) return code;
   if (s.iterations == 0) s.iterations = s.attack == "pga" ? 10 : 100;
-  try {
-    // The one place a backend is chosen.
-    if (s.backend == "cpu") attack_on<backend::cpu>(s);
+  // The one place a backend is chosen.
+  auto dispatch = [&](auto& comm) {
+    if (s.backend == "cpu") attack_on<backend::cpu>(comm, s);
 #if OPNORM_EXAMPLE_HOST_THRUST
-    else if (s.backend == "thrust-omp") attack_on<backend::thrust_omp>(s);
-    else if (s.backend == "thrust-cpp") attack_on<backend::thrust_cpp>(s);
+    else if (s.backend == "thrust-omp") attack_on<backend::thrust_omp>(comm, s);
+    else if (s.backend == "thrust-cpp") attack_on<backend::thrust_cpp>(comm, s);
 #endif
 #if defined(__CUDACC__)
-    else if (s.backend == "cuda") attack_on<backend::thrust_cuda>(s);
+    else if (s.backend == "cuda") attack_on<backend::thrust_cuda>(comm, s);
 #endif
     else throw std::logic_error("--backend " + s.backend + " is accepted but not dispatched");
+  };
+  try {
+    if (s.distributed) {
+#if OPNORM_HAVE_MPI
+      distributed::mpi_session session(argc, argv);
+      distributed::mpi_communicator world;
+      distributed::any_communicator comm(world);  // one communicator type: the attacks compile once
+      try {
+        dispatch(comm);
+      } catch (const std::exception& e) {
+        // Other ranks may wait in the reduction: end the whole job.
+        const bool usage = dynamic_cast<const cl::usage_error*>(&e) != nullptr;
+        std::cerr << "attack: error on rank " << world.rank() << " of " << world.size() << ": " << e.what()
+                  << (usage ? " (see --help)" : "") << '\n';
+        MPI_Abort(world.native(), usage ? cl::exit_usage : cl::exit_failure);
+      }
+#else
+      throw cl::usage_error("--distributed needs a build with MPI (cmake -DOPNORM_MPI=ON; Debian: libopenmpi-dev)");
+#endif
+    } else {
+      distributed::single_process one;
+      distributed::any_communicator comm(one);
+      dispatch(comm);
+    }
     return cl::exit_success;
   } catch (const cl::usage_error& e) {
     std::cerr << "attack: error: " << e.what() << " (see --help)\n";

@@ -20,6 +20,17 @@
 // over by the trainer. Checkpoints are backend-neutral: a run written by one
 // backend resumes on any other (equivalent, not bit-identical, since the
 // backends round differently).
+//
+// --distributed (a build with OPNORM_MPI=ON) trains data-parallel on the
+// ranks of an MPI job:
+//   mpirun -np 2 build/examples/train --distributed --method adversarial
+// Every rank reads the data and (with --resume) the checkpoint; rank 0's
+// state is broadcast, each rank trains on its shard of every global batch,
+// gradients are averaged, and only rank 0 prints and writes files. BatchNorm
+// uses the global batch's statistics (--batch-norm synchronized, the
+// default: the run trains what one process would) or each rank's own
+// (per-rank, as PyTorch DDP does by default; cheaper, a different model).
+// An error on any rank ends the whole job (MPI_Abort) with its message.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -29,7 +40,9 @@
 #include <functional>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #ifdef _OPENMP
@@ -57,6 +70,12 @@
 #include <opnorm/methods/standard.hpp>
 #include <opnorm/nn/networks.hpp>
 #include <opnorm/train/train.hpp>
+
+#include <opnorm/distributed/communicator.hpp>
+#include <opnorm/distributed/data_parallel.hpp>
+#if OPNORM_HAVE_MPI
+#include <opnorm/distributed/mpi.hpp>
+#endif
 
 #include "command_line.hpp"
 
@@ -99,6 +118,8 @@ struct config {
   std::string regularizer = "sum_of_squares";  // data_dependent_snr: sum_of_squares (Eq. 9) or jacobian (Eq. 8)
   std::string batch_statistics = "clean_batch";  // data_dependent_snr: clean_batch, independent_batches or running
   std::string backend = "cpu";  // not a trajectory setting: a checkpoint resumes on any backend
+  bool distributed = false;     // not a trajectory setting either: a run resumes on any number of ranks
+  std::string batch_norm = "synchronized";  // --distributed: synchronized or per-rank statistics
 };
 
 /// The --backend values this build offers: cuda only when nvcc compiled it
@@ -288,14 +309,17 @@ void with_method(const config& c, Model& model, F&& f) {
   }
 }
 
-template <class Model>
-void train_model(Model& model, const char* model_name, config c, const dataset<float>& train_full,
+template <class Communicator, class Model>
+void train_model(Communicator& comm, Model& model, const char* model_name, config c, const dataset<float>& train_full,
                  const dataset<float>& test) {
+  const bool root = comm.rank() == 0;
+  distributed::communicator_statistics_reducer<Communicator> reducer(comm);
+  if (comm.size() > 1 && c.batch_norm == "synchronized") distributed::synchronize_batch_norm(model, &reducer);
   const dataset<float> train =
       c.limit_train > 0 && c.limit_train < train_full.size() ? subset(train_full, 0, c.limit_train) : train_full;
   if (!c.init.empty()) {
     load_checkpoint(model, c.init);
-    std::cerr << "initialized from " << c.init << '\n';
+    if (root) std::cerr << "initialized from " << c.init << '\n';
   }
   with_method(c, model, [&](auto& method) {
     auto run = [&](auto& optimizer) {
@@ -314,38 +338,61 @@ void train_model(Model& model, const char* model_name, config c, const dataset<f
                                 " epochs" + (inside_epoch ? " and part of the next" : ""));
         options.start_epoch = restored.epochs_completed;
         options.start_progress = restored.progress;
-        if (inside_epoch)
+        if (!root) {
+        } else if (inside_epoch)
           std::cerr << "resumed from " << c.resume << " at step " << restored.progress.steps_completed
                     << " of epoch " << restored.epochs_completed + 1 << '\n';
         else
           std::cerr << "resumed from " << c.resume << " after epoch " << restored.epochs_completed << '\n';
       }
       // A run that fails before writing anything leaves no folder behind.
-      cl::output_folder folder(c.out);
-      const fs::path out = folder.path();
+      // Only rank 0 writes, so only rank 0 makes the folder.
+      std::optional<cl::output_folder> folder;
+      if (root) folder.emplace(c.out);
+      const fs::path out = c.out;
       const safetensors::metadata_map metadata = config_metadata(c);
-      std::cerr << model_name << " on " << train.name << " (" << train.size() << " examples) and " << test.name
+      if (root) std::cerr << model_name << " on " << train.name << " (" << train.size() << " examples) and " << test.name
                 << " (" << test.size() << "), " << method.name << " training, " << optimizer.name << ", "
                 << c.schedule << " schedule, lr " << c.lr << ", backend " << c.backend;
 #ifdef _OPENMP
-      std::cerr << ", " << omp_get_max_threads() << " threads";
+      if (root) std::cerr << ", " << omp_get_max_threads() << " threads";
 #endif
-      std::cerr << ", output in " << out.string() << '\n';
+      if (root && comm.size() > 1)
+        std::cerr << ", " << comm.size() << " ranks (BatchNorm statistics " << c.batch_norm << ")";
+      if (root) std::cerr << ", output in " << out.string() << '\n';
 
       const auto start = std::chrono::steady_clock::now();
       const fit_result result =
-          fit(model, method, optimizer, make_schedule(c), train, test, options, progress(std::cerr, c.progress_every),
-              csv_log(out / "log.csv"), checkpoint_each_epoch(out / "last.safetensors", metadata, c.checkpoint_every));
+          fit(comm, model, method, optimizer, make_schedule(c), train, test, options,
+              distributed::on_root(comm, progress(std::cerr, c.progress_every)),
+              distributed::on_root(comm, csv_log(out / "log.csv")),
+              distributed::on_root(comm, checkpoint_each_epoch(out / "last.safetensors", metadata, c.checkpoint_every)));
       const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
-      const evaluation final_test = evaluate(model, test);
+      const evaluation final_test = evaluate(comm, model, test);
+      if (comm.size() > 1) {
+        // Communication as a share of the run, per rank (docs/distributed.md).
+        const double own[2] = {comm.collective_seconds(), static_cast<double>(comm.collective_bytes())};
+        std::vector<double> all(static_cast<std::size_t>(2 * comm.size()), 0.0);
+        all[static_cast<std::size_t>(2 * comm.rank())] = own[0];
+        all[static_cast<std::size_t>(2 * comm.rank() + 1)] = own[1];
+        comm.all_reduce_sum(all.data(), static_cast<index_t>(all.size()));
+        if (root) {
+          std::fprintf(stderr, "communication: %lld collective calls per rank, %.1f MB reduced or broadcast per rank\n",
+                       static_cast<long long>(comm.collective_calls()), all[1] / 1e6);
+          for (int r = 0; r < comm.size(); ++r)
+            std::fprintf(stderr, "rank %d: %.2f s of %.2f s in collectives (%.1f%%)\n", r,
+                         all[static_cast<std::size_t>(2 * r)], seconds, 100 * all[static_cast<std::size_t>(2 * r)] / seconds);
+        }
+      }
+      if (!root) return;
       safetensors::metadata_map final_metadata = metadata;
       final_metadata["epochs_completed"] = std::to_string(options.start_epoch + index_t(result.history.size()));
       final_metadata["method"] = method.name;
       final_metadata["test_accuracy"] = number(final_test.accuracy);
       final_metadata["test_loss"] = number(final_test.loss);
       save_checkpoint(model, out / "final.safetensors", final_metadata);
-      folder.keep();
+      folder->keep();
       char line[160];
       std::snprintf(line, sizeof line, "test accuracy: %.2f%% (%lld of %lld), test loss %.4f, %.0f s of training\n",
                     100 * final_test.accuracy, static_cast<long long>(final_test.correct),
@@ -364,19 +411,33 @@ void train_model(Model& model, const char* model_name, config c, const dataset<f
 
 /// The whole run on backend B: the network is built there, and the method,
 /// optimizer and trainer follow it. The data sets stay on the host.
-template <class B>
-void train_on(const config& c, const std::string& dir) {
+template <class B, class Communicator>
+void train_on(Communicator& comm, const config& c, const std::string& dir) {
   if (c.dataset == "fashion-mnist") {
     const auto train = load_fashion_mnist<float>(dir, split::train);
     const auto test = load_fashion_mnist<float>(dir, split::test);
     auto model = make_fmnist_cnn<float, B>(c.seed);
-    train_model(model, "fmnist_cnn", c, train, test);
+    train_model(comm, model, "fmnist_cnn", c, train, test);
     return;
   }
   const auto train = load_cifar10<float>(dir, split::train);
   const auto test = load_cifar10<float>(dir, split::test);
   auto model = make_cnn7<float, B>(c.seed);
-  train_model(model, "cnn7", c, train, test);
+  train_model(comm, model, "cnn7", c, train, test);
+}
+
+// The backend chosen by name; everything below it is generic.
+template <class Communicator>
+void dispatch_backend(Communicator& comm, const config& c, const std::string& dir) {
+  if (c.backend == "cpu") train_on<backend::cpu>(comm, c, dir);
+#if OPNORM_EXAMPLE_HOST_THRUST
+  else if (c.backend == "thrust-omp") train_on<backend::thrust_omp>(comm, c, dir);
+  else if (c.backend == "thrust-cpp") train_on<backend::thrust_cpp>(comm, c, dir);
+#endif
+#if defined(__CUDACC__)
+  else if (c.backend == "cuda") train_on<backend::thrust_cuda>(comm, c, dir);
+#endif
+  else throw std::logic_error("--backend " + c.backend + " is accepted but not dispatched");
 }
 
 }  // namespace
@@ -473,6 +534,14 @@ int main(int argc, char** argv) {
                  "; checkpoints load on any backend")
       ->check(CLI::IsMember(backend_names))
       ->capture_default_str();
+  app.add_flag("--distributed", c.distributed,
+               "train data-parallel on the ranks of an MPI job (mpirun -np N train --distributed ...); needs a "
+               "build with OPNORM_MPI=ON");
+  app.add_option("--batch-norm", c.batch_norm,
+                 "--distributed: BatchNorm statistics of the global batch (synchronized: the model one process "
+                 "would train) or of each rank's shard (per-rank, PyTorch DDP's default)")
+      ->check(CLI::IsMember({"synchronized", "per-rank"}))
+      ->capture_default_str();
   app.add_option("--progress-every", c.progress_every, "print a status line every N steps")
       ->check(cl::whole_number_at_least(1))
       ->capture_default_str();
@@ -504,16 +573,30 @@ int main(int argc, char** argv) {
         throw cl::usage_error("--dataset cifar10 needs --data-dir (the cifar-10-batches-bin folder or its parent)");
       dir = default_fashion_mnist_dir;
     }
-    // The one place a backend is chosen; everything below is generic.
-    if (c.backend == "cpu") train_on<backend::cpu>(c, dir);
-#if OPNORM_EXAMPLE_HOST_THRUST
-    else if (c.backend == "thrust-omp") train_on<backend::thrust_omp>(c, dir);
-    else if (c.backend == "thrust-cpp") train_on<backend::thrust_cpp>(c, dir);
+    if (c.distributed) {
+#if OPNORM_HAVE_MPI
+      distributed::mpi_session session(argc, argv);
+      distributed::mpi_communicator world;
+      // One communicator type for both modes: the training code is compiled once.
+      distributed::any_communicator comm(world);
+      try {
+        dispatch_backend(comm, c, dir);
+      } catch (const std::exception& e) {
+        // The other ranks may be waiting in a collective: end the whole
+        // job, with this rank's message, instead of leaving them hanging.
+        const bool usage = dynamic_cast<const cl::usage_error*>(&e) != nullptr;
+        std::cerr << "train: error on rank " << world.rank() << " of " << world.size() << ": " << e.what()
+                  << (usage ? " (see --help)" : "") << '\n';
+        MPI_Abort(world.native(), usage ? cl::exit_usage : cl::exit_failure);
+      }
+#else
+      throw cl::usage_error("--distributed needs a build with MPI (cmake -DOPNORM_MPI=ON; Debian: libopenmpi-dev)");
 #endif
-#if defined(__CUDACC__)
-    else if (c.backend == "cuda") train_on<backend::thrust_cuda>(c, dir);
-#endif
-    else throw std::logic_error("--backend " + c.backend + " is accepted but not dispatched");
+    } else {
+      distributed::single_process one;
+      distributed::any_communicator comm(one);
+      dispatch_backend(comm, c, dir);
+    }
     return cl::exit_success;
   } catch (const cl::usage_error& e) {
     std::cerr << "train: error: " << e.what() << " (see --help)\n";

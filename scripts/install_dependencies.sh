@@ -12,7 +12,9 @@ case "$purpose" in
   # The PyTorch cross-checks run in the test suite. The APGD cross-check also
   # needs torchattacks, which scripts/test.sh installs with pip into a venv
   # over these packages (python3-venv); torchattacks imports scipy.
-  test) packages+=(python3 python3-torch python3-numpy python3-scipy python3-venv dataset-fashion-mnist) ;;
+  # OpenMPI: the data-parallel tests run under mpirun (tests/distributed.cmake).
+  test) packages+=(python3 python3-torch python3-numpy python3-scipy python3-venv dataset-fashion-mnist
+                   libopenmpi-dev openmpi-bin) ;;
   # scripts/sanitize.sh: the test suite built by clang 14 with its sanitizer
   # runtimes and LLVM's libomp, whose Archer tool makes OpenMP visible to TSan.
   sanitize) packages+=(python3 python3-torch python3-numpy python3-scipy python3-venv dataset-fashion-mnist

@@ -30,6 +30,7 @@
 #include "methods/standard.hpp"
 
 #include "train/train.hpp"
+#include "distributed/data_parallel.hpp"  // communicators; the MPI one is distributed/mpi.hpp (needs mpi.h)
 #include "data/data.hpp"
 #include "io/checkpoint.hpp"
 #include "nn/transfer.hpp"

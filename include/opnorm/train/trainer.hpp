@@ -22,6 +22,20 @@
 // the optimizer applies it, and so does a parameter that an update made
 // non-finite (checked once per epoch, before the callbacks): no callback sees
 // a diverged epoch, so the last checkpoint written is the last good one.
+//
+// Data-parallel training: fit(communicator, model, ...) runs the same loop
+// on every rank of a job (distributed/communicator.hpp). Rank 0's model,
+// method and optimizer state are broadcast at the start; every rank draws
+// the same global batch (same order, same augmentation) and works on its
+// shard of it (distributed::shard_of); the parameter gradients are averaged
+// with each rank's share of the batch, so the update is the single-process
+// one. BatchNorm buffers are broadcast from rank 0 before every step, as
+// PyTorch DDP does, so eval-mode passes (attacks, power iterations) see the
+// same map on every rank; with distributed::synchronize_batch_norm the
+// train-mode statistics are the global batch's too, and the run matches one
+// process with the global batch. Losses, accuracies and the test evaluation
+// are reduced over ranks, so every rank's reports and callbacks see the
+// global numbers; wrap callbacks that write in distributed::on_root.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -41,9 +55,12 @@
 #include "../core/state.hpp"
 #include "../methods/method.hpp"
 #include "../core/mode.hpp"
+#include "../distributed/communicator.hpp"
+#include "../distributed/data_parallel.hpp"
 #include "batch_transfer.hpp"
 #include "evaluate.hpp"
 #include "reports.hpp"
+#include "training_checkpoint.hpp"  // detail::method_state, detail::has_state
 
 namespace opnorm {
 
@@ -225,6 +242,43 @@ void check_fit_inputs(Model& model, const dataset<T>& train, const dataset<T>& t
          "' has " + std::to_string(train.classes) + " classes");
 }
 
+// Refuses batches that would leave a rank without examples: every rank runs
+// every step, and a method cannot run on an empty shard.
+template <class T>
+void check_shards(const dataset<T>& train, const fit_options& o, int ranks) {
+  if (ranks <= 1) return;
+  auto fail = [](const std::string& what) { throw std::invalid_argument("opnorm::fit: " + what); };
+  if (o.batch_size < ranks)
+    fail("batch_size " + std::to_string(o.batch_size) + " is smaller than the " + std::to_string(ranks) +
+         " ranks of the job; every rank needs at least one example per step");
+  const index_t left = train.size() % o.batch_size;
+  if (o.last == last_batch::keep && left > 0 && left < ranks)
+    fail("the last batch of each epoch has " + std::to_string(left) + " examples, fewer than the " +
+         std::to_string(ranks) + " ranks; use last_batch::drop or another batch size");
+}
+
+// Rows [part.begin, part.end) of a host batch.
+template <class T>
+void copy_shard(const tensor<T, backend::cpu>& images, const label_tensor<backend::cpu>& labels,
+                distributed::shard part, tensor<T, backend::cpu>& shard_images, label_tensor<backend::cpu>& shard_labels) {
+  shape_t shape = images.shape();
+  shape.at(0) = part.size();
+  shard_images.resize(shape);
+  shard_labels.resize({part.size()});
+  const index_t e = images.example_size();
+  std::copy_n(images.data() + part.begin * e, part.size() * e, shard_images.data());
+  std::copy_n(labels.data() + part.begin, part.size(), shard_labels.data());
+}
+
+// Rank 0's model, method and optimizer state, everywhere: a job starts (or
+// resumes) from one state even if the ranks built or loaded theirs apart.
+template <class Communicator, class Model, class Method, class Optimizer>
+void broadcast_training_state(Communicator& comm, Model& model, Method& method, Optimizer& optimizer) {
+  distributed::broadcast_state(comm, model.state());
+  distributed::broadcast_state(comm, method_state<Model>(method));
+  if constexpr (has_state<Optimizer>::value) distributed::broadcast_state(comm, optimizer.state());
+}
+
 // The fields step_report and epoch_report share: where in the run the
 // report stands and the learning rate in use.
 template <class Report>
@@ -241,8 +295,12 @@ void place_report(Report& r, index_t epoch, const fit_options& options, double l
 /// options.epochs). test may be an empty dataset (no evaluation). Callbacks
 /// are any objects with the members listed in train/reports.hpp; they are
 /// called in the order given.
-template <class Model, class Method, class Optimizer, class Schedule, class T, class... Callbacks>
-fit_result fit(Model& model, Method& method, Optimizer& optimizer, const Schedule& schedule,
+///
+/// With a communicator first, the job's ranks train together (see the top
+/// of the file); every rank must make the same call.
+template <class Communicator, class Model, class Method, class Optimizer, class Schedule, class T,
+          class... Callbacks, class = std::enable_if_t<distributed::is_communicator_v<Communicator>>>
+fit_result fit(Communicator& comm, Model& model, Method& method, Optimizer& optimizer, const Schedule& schedule,
                const dataset<T>& train, const dataset<T>& test, const fit_options& options,
                Callbacks&&... callbacks) {
   using B = typename Model::backend_type;
@@ -261,6 +319,9 @@ fit_result fit(Model& model, Method& method, Optimizer& optimizer, const Schedul
                 "on_train_begin(const run_info&), on_step_end(const step_report&[, Context&]), "
                 "on_epoch_end(const epoch_report&, Context&), stop_requested(); see train/reports.hpp");
   detail::check_fit_inputs(model, train, test, options);
+  detail::check_shards(train, options, comm.size());
+  const bool parallel = comm.size() > 1;
+  if (parallel) detail::broadcast_training_state(comm, model, method, optimizer);
 
   using clock = std::chrono::steady_clock;
   auto seconds_since = [](clock::time_point t) { return std::chrono::duration<double>(clock::now() - t).count(); };
@@ -285,6 +346,13 @@ fit_result fit(Model& model, Method& method, Optimizer& optimizer, const Schedul
   typename Model::tape tape;
   batch_transfer<T, B> batch;
   detail::finite_gradient_check<T, B> gradient_check;
+  // Data parallel: the global batch (every rank draws it, so the order and
+  // the augmentation are the single-process ones) and the gradient buckets.
+  tensor<T, backend::cpu> global_images;
+  label_tensor<backend::cpu> global_labels;
+  tensor<T, backend::cpu>& drawn_images = parallel ? global_images : batch.host_images;
+  label_tensor<backend::cpu>& drawn_labels = parallel ? global_labels : batch.host_labels;
+  distributed::gradient_averager<T, B> averager;
   if (options.start_progress.steps_completed > steps_per_epoch)
     throw std::invalid_argument("opnorm::fit: start_progress has " +
                                 std::to_string(options.start_progress.steps_completed) +
@@ -303,11 +371,19 @@ fit_result fit(Model& model, Method& method, Optimizer& optimizer, const Schedul
       resume_at = options.start_progress.steps_completed;
       progress = options.start_progress;
     }
-    for (index_t step = 0; batches.next(batch.host_images, batch.host_labels); ++step) {
-      if (options.augmentation) (*options.augmentation)(batch.host_images, augmentation_rng);
+    for (index_t step = 0; batches.next(drawn_images, drawn_labels); ++step) {
+      if (options.augmentation) (*options.augmentation)(drawn_images, augmentation_rng);
       if (step < resume_at) {
         learning_rate = static_cast<double>(schedule(epoch, step, steps_per_epoch));  // for the epoch's report
         continue;
+      }
+      const index_t global_count = drawn_images.dim(0);
+      if (parallel) {
+        detail::copy_shard(global_images, global_labels, distributed::shard_of(global_count, comm.rank(), comm.size()),
+                           batch.host_images, batch.host_labels);
+        state_list<T, B> buffers = model.state();
+        buffers.parameters.clear();
+        distributed::broadcast_state(comm, buffers);
       }
       batch.to_backend();
       learning_rate = static_cast<double>(schedule(epoch, step, steps_per_epoch));
@@ -318,7 +394,12 @@ fit_result fit(Model& model, Method& method, Optimizer& optimizer, const Schedul
                                     "; a learning rate must be finite and >= 0");
       optimizer.set_learning_rate(learning_rate);
       model.zero_grad();
-      const batch_result r = method.accumulate_gradients(model, tape, batch.images(), batch.labels());
+      batch_result r = method.accumulate_gradients(model, tape, batch.images(), batch.labels());
+      if (parallel) {
+        averager.average(comm, model.state(),
+                         static_cast<double>(batch.host_images.dim(0)) / static_cast<double>(global_count));
+        r = distributed::reduce_batch_result(comm, r);
+      }
       auto where = [&] {
         return " at epoch " + std::to_string(epoch + 1) + " of " + std::to_string(options.epochs) + ", step " +
                std::to_string(step + 1) + " of " + std::to_string(steps_per_epoch) + " (learning rate " +
@@ -377,7 +458,7 @@ fit_result fit(Model& model, Method& method, Optimizer& optimizer, const Schedul
                               epoch, -1);
 
     if (test.size() > 0) {
-      const evaluation e = evaluate(model, test, options.eval_batch_size);
+      const evaluation e = evaluate(comm, model, test, options.eval_batch_size);
       report.has_test = true;
       report.test_loss = e.loss;
       report.test_accuracy = e.accuracy;
@@ -386,13 +467,27 @@ fit_result fit(Model& model, Method& method, Optimizer& optimizer, const Schedul
     result.history.push_back(report);
 
     (detail::notify_epoch_end(callbacks, report, context), ...);
-    const bool stop = (false || ... || detail::asks_to_stop(callbacks));
+    bool stop = (false || ... || detail::asks_to_stop(callbacks));
+    if (parallel) {  // rank 0's answer for every rank, or the ranks would part
+      std::int64_t stop_word = stop ? 1 : 0;
+      comm.broadcast(&stop_word, sizeof stop_word, 0);
+      stop = stop_word != 0;
+    }
     if (stop && epoch + 1 < options.epochs) {
       result.stopped_early = true;
       break;
     }
   }
   return result;
+}
+
+/// One process: fit over distributed::single_process.
+template <class Model, class Method, class Optimizer, class Schedule, class T, class... Callbacks>
+fit_result fit(Model& model, Method& method, Optimizer& optimizer, const Schedule& schedule,
+               const dataset<T>& train, const dataset<T>& test, const fit_options& options,
+               Callbacks&&... callbacks) {
+  distributed::single_process one;
+  return fit(one, model, method, optimizer, schedule, train, test, options, std::forward<Callbacks>(callbacks)...);
 }
 
 }  // namespace opnorm

@@ -24,11 +24,25 @@
 // so results do not depend on thread scheduling. Sums are accumulated in at
 // least double precision: a channel of a 128 x 28 x 28 batch has 100352
 // elements, too many for a float accumulator.
+//
+// Synchronized statistics (SyncBatchNorm, for data-parallel training): with
+// a statistics_reducer set (synchronize_statistics), a train-mode pass
+// normalizes with the mean and variance of the global batch, the union of
+// every rank's shard, and its backward pass uses the global sums of gy and
+// xhat * gy. Each rank's loss is the mean over its own shard, a share
+// c_r = M_r / M of the global mean loss, and the data-parallel driver
+// averages parameter gradients with those shares; so the backward pass
+// scales its contribution to the global sums by c_r and the result back by
+// 1 / c_r, which makes every rank's input gradient the exact derivative of
+// the global loss in its own loss's units. Rank-local passes (eval mode,
+// borrowed statistics, power iterations) never communicate.
 #include <cmath>
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "../../detail/interleaved_sum.hpp"
+#include "../../distributed/statistics_reducer.hpp"
 #include "layer.hpp"
 
 namespace opnorm {
@@ -60,6 +74,10 @@ class batch_norm : public detail::weight_and_bias<T, Backend> {
     bool batch_statistics = false;
     tensor<T, Backend> mean, inv_std;  // (C): mu and 1 / sqrt(var + eps)
     cache* lender = nullptr;           // set when the statistics are borrowed from another pass
+    // Synchronized statistics: the global batch's elements per channel, and
+    // this rank's share c_r of them (see the top of the file).
+    bool synchronized = false;
+    double global_count = 0, share = 1;
     // Filled by borrowers' backward passes, consumed by this pass's own.
     mutable bool statistics_gradient_pending = false;
     mutable tensor<T, Backend> mean_gradient, inv_std_gradient;  // (C)
@@ -97,6 +115,13 @@ class batch_norm : public detail::weight_and_bias<T, Backend> {
   const tensor<T, Backend>& running_var() const { return running_var_; }
   std::int64_t num_batches_tracked() const { return num_batches_tracked_; }
 
+  /// Train-mode passes normalize with the global batch's statistics, summed
+  /// over ranks by reducer (which must outlive its use); null (the default)
+  /// returns to per-rank statistics. A copy on another backend (to<B2>) starts
+  /// unsynchronized; a copy on the same backend shares the reducer.
+  void synchronize_statistics(distributed::statistics_reducer* reducer) { reducer_ = reducer; }
+  distributed::statistics_reducer* statistics_synchronization() const { return reducer_; }
+
   shape_t output_shape(const shape_t& in) const {
     require_shape(in.size() >= 2 && in[1] == features_, "batch_norm",
                   "expects input (batch, " + std::to_string(features_) +
@@ -111,6 +136,9 @@ class batch_norm : public detail::weight_and_bias<T, Backend> {
     c.batch_statistics = m == mode::train;
     c.lender = nullptr;
     c.statistics_gradient_pending = false;
+    c.synchronized = m == mode::train && reducer_ != nullptr;
+    c.global_count = static_cast<double>(M);
+    c.share = 1;
     c.mean.resize({C});
     c.inv_std.resize({C});
     T* mean = c.mean.data();
@@ -120,7 +148,9 @@ class batch_norm : public detail::weight_and_bias<T, Backend> {
     const T* xs = x.data();
     const accumulator eps = static_cast<accumulator>(eps_);
 
-    if (m == mode::train) {
+    if (c.synchronized) {
+      synchronized_statistics(x, c);
+    } else if (m == mode::train) {
       require_shape(M > 1, "batch_norm",
                     "train mode needs more than one value per channel, got input " +
                         shape_string(x.shape()));
@@ -172,6 +202,7 @@ class batch_norm : public detail::weight_and_bias<T, Backend> {
     c.batch_statistics = false;
     c.lender = &lender;
     c.statistics_gradient_pending = false;
+    c.synchronized = false;  // a per-channel affine map of x: nothing to share
     assign(lender.mean, c.mean);
     assign(lender.inv_std, c.inv_std);
     normalize(x, c, y);
@@ -191,6 +222,7 @@ class batch_norm : public detail::weight_and_bias<T, Backend> {
     apply_jacobian(x, c, gy, gx ? gx->data() : nullptr, parameters ? weight_grad_.data() : nullptr,
                    parameters ? bias_grad_.data() : nullptr);
     if (gx && c.statistics_gradient_pending) {
+      if (c.synchronized) reduce_statistics_gradient(c);
       add_statistics_gradient(x, c, gx->data());
       c.statistics_gradient_pending = false;  // consumed: a second backward must not add it again
     }
@@ -199,7 +231,8 @@ class batch_norm : public detail::weight_and_bias<T, Backend> {
   void jvp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache& c,
            const tensor<T, Backend>& dx, tensor<T, Backend>& dy) const {
     dy.resize(x.shape());
-    apply_jacobian(x, c, dx, dy.data(), nullptr, nullptr);
+    // A tangent is not a share of a loss: its global sums are plain sums.
+    apply_jacobian(x, c, dx, dy.data(), nullptr, nullptr, /*tangent=*/true);
   }
 
   /// Accumulates d<g, J dx>/dgamma = sum g * (J dx) / gamma per channel, the
@@ -210,6 +243,9 @@ class batch_norm : public detail::weight_and_bias<T, Backend> {
   void jvp_parameter_vjp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache& c,
                          const tensor<T, Backend>& dx, const tensor<T, Backend>& g) {
     if (!affine_) return;
+    if (c.synchronized)
+      throw std::logic_error("opnorm::batch_norm: jvp_parameter_vjp holds the statistics fixed, which is exact in "
+                             "eval mode only; with synchronized batch statistics run it on an eval-mode pass");
     const index_t C = features_, N = x.dim(0), S = spatial_size(x.shape());
     const accumulator M = static_cast<accumulator>(N * S);
     const bool batch = c.batch_statistics;
@@ -332,7 +368,7 @@ class batch_norm : public detail::weight_and_bias<T, Backend> {
   // -inv_std^2 xhat_j / M, so gx_j += (dL/dmu - dL/dinv_std inv_std^2 xhat_j) / M.
   void add_statistics_gradient(const tensor<T, Backend>& x, const cache& c, T* gx) const {
     const index_t C = features_, N = x.dim(0), S = spatial_size(x.shape());
-    const T M = static_cast<T>(N * S);
+    const T M = static_cast<T>(c.global_count);  // the lender's statistics were over the global batch
     const T* xs = x.data();
     const T* mean = c.mean.data();
     const T* inv_std = c.inv_std.data();
@@ -357,7 +393,11 @@ class batch_norm : public detail::weight_and_bias<T, Backend> {
   // beta_grad are given, also accumulates sum(v * xhat) and sum(v) into them:
   // with v = gy those are dL/dgamma and dL/dbeta. out may be null.
   void apply_jacobian(const tensor<T, Backend>& x, const cache& c, const tensor<T, Backend>& v,
-                      T* out, T* gamma_grad, T* beta_grad) const {
+                      T* out, T* gamma_grad, T* beta_grad, bool tangent = false) const {
+    if (c.synchronized) {
+      synchronized_jacobian(x, c, v, out, gamma_grad, beta_grad, tangent);
+      return;
+    }
     const index_t C = features_, N = x.dim(0), S = spatial_size(x.shape());
     const accumulator M = static_cast<accumulator>(N * S);
     const bool batch = c.batch_statistics;
@@ -416,6 +456,150 @@ class batch_norm : public detail::weight_and_bias<T, Backend> {
     });
   }
 
+  // Synchronized statistics (see the top of the file). The per-channel
+  // work on the shard runs on the backend; the 2 C + 1 numbers per call are
+  // combined on the host, where the reducer works.
+
+  // sums[ch] = sum of x over this shard's elements of channel ch, or of
+  // (x - centers[ch])^2 when centers is given; both on the backend.
+  void shard_channel_sums(const tensor<T, Backend>& x, const double* centers, double* sums) const {
+    const index_t C = features_, N = x.dim(0), S = spatial_size(x.shape());
+    const T* xs = x.data();
+    backend_ops<Backend>::for_each_segment(C, N * S, [=] OPNORM_HD(index_t ch) {
+      detail::interleaved_sum<double> sum;
+      for (index_t n = 0; n < N; ++n) {
+        const T* row = xs + (n * C + ch) * S;
+        if (centers) {
+          const double center = centers[ch];
+          sum.add(S, [=](index_t i) {
+            const double d = static_cast<double>(row[i]) - center;
+            return d * d;
+          });
+        } else {
+          sum.add(S, [=](index_t i) { return static_cast<double>(row[i]); });
+        }
+      }
+      sums[ch] = sum.total();
+    });
+  }
+
+  // The train-mode statistics of the global batch: mean, then squared
+  // deviations about it (two passes, as the per-rank path), each summed over
+  // ranks; then the running statistics move as in the per-rank path, with
+  // the global count in the unbiased variance.
+  void synchronized_statistics(const tensor<T, Backend>& x, cache& c) {
+    const index_t C = features_, M = x.dim(0) * spatial_size(x.shape());
+    shard_sums_.resize({C + 1});
+    shard_channel_sums(x, nullptr, shard_sums_.data());
+    std::vector<double> host(static_cast<std::size_t>(C + 1));
+    backend_ops<Backend>::copy_to_host(shard_sums_.data(), C, host.data());
+    host[static_cast<std::size_t>(C)] = static_cast<double>(M);
+    reducer_->sum(host.data(), C + 1);
+    const double global = host[static_cast<std::size_t>(C)];
+    require_shape(global > 1, "batch_norm",
+                  "train mode needs more than one value per channel in the global batch, got " +
+                      std::to_string(static_cast<long long>(global)));
+    std::vector<double> mu(host.begin(), host.begin() + C);
+    for (double& m : mu) m /= global;
+    centers_.resize({C});
+    backend_ops<Backend>::copy_from_host(mu.data(), C, centers_.data());
+    shard_channel_sums(x, centers_.data(), shard_sums_.data());
+    std::vector<double> squares(static_cast<std::size_t>(C));
+    backend_ops<Backend>::copy_to_host(shard_sums_.data(), C, squares.data());
+    reducer_->sum(squares.data(), C);
+
+    std::vector<T> mean(static_cast<std::size_t>(C)), inv_std(static_cast<std::size_t>(C));
+    std::vector<T> rm = running_mean_.to_vector(), rv = running_var_.to_vector();
+    for (std::size_t ch = 0; ch < mean.size(); ++ch) {
+      mean[ch] = static_cast<T>(mu[ch]);
+      inv_std[ch] = static_cast<T>(1 / std::sqrt(squares[ch] / global + eps_));
+      rm[ch] = static_cast<T>((1 - momentum_) * static_cast<double>(rm[ch]) + momentum_ * mu[ch]);
+      rv[ch] = static_cast<T>((1 - momentum_) * static_cast<double>(rv[ch]) + momentum_ * squares[ch] / (global - 1));
+    }
+    backend_ops<Backend>::copy_from_host(mean.data(), C, c.mean.data());
+    backend_ops<Backend>::copy_from_host(inv_std.data(), C, c.inv_std.data());
+    backend_ops<Backend>::copy_from_host(rm.data(), C, running_mean_.data());
+    backend_ops<Backend>::copy_from_host(rv.data(), C, running_var_.data());
+    ++num_batches_tracked_;
+    c.global_count = global;
+    c.share = static_cast<double>(M) / global;
+  }
+
+  // apply_jacobian with the global batch's statistics: the shard's sums of
+  // v and xhat * v go into the parameter gradients as they are (the driver
+  // averages those), and into the correction summed over ranks. A gradient
+  // is a share c_r of the global loss's (scaled by c_r going in, by 1 / c_r
+  // coming out); a tangent is not scaled.
+  void synchronized_jacobian(const tensor<T, Backend>& x, const cache& c, const tensor<T, Backend>& v, T* out,
+                             T* gamma_grad, T* beta_grad, bool tangent) const {
+    const index_t C = features_, N = x.dim(0), S = spatial_size(x.shape());
+    const T* xs = x.data();
+    const T* vs = v.data();
+    const T* mean = c.mean.data();
+    const T* inv_std = c.inv_std.data();
+    shard_sums_.resize({2 * C});
+    double* sums = shard_sums_.data();
+    backend_ops<Backend>::for_each_segment(C, N * S, [=] OPNORM_HD(index_t ch) {
+      const T mu = mean[ch], is = inv_std[ch];
+      detail::interleaved_sum<double> v_sum, xhat_v_sum;
+      for (index_t n = 0; n < N; ++n) {
+        const T* xr = xs + (n * C + ch) * S;
+        const T* vr = vs + (n * C + ch) * S;
+        v_sum.add(S, [=](index_t i) { return static_cast<double>(vr[i]); });
+        xhat_v_sum.add(S, [=](index_t i) { return static_cast<double>((xr[i] - mu) * is) * vr[i]; });
+      }
+      sums[ch] = v_sum.total();
+      sums[C + ch] = xhat_v_sum.total();
+    });
+    if (gamma_grad) {
+      backend_ops<Backend>::for_each_index(C, [=] OPNORM_HD(index_t ch) {
+        gamma_grad[ch] += static_cast<T>(sums[C + ch]);
+        beta_grad[ch] += static_cast<T>(sums[ch]);
+      });
+    }
+    if (!out) return;
+    std::vector<double> host(static_cast<std::size_t>(2 * C));
+    backend_ops<Backend>::copy_to_host(sums, 2 * C, host.data());
+    const double weight = tangent ? 1.0 : c.share;
+    for (double& h : host) h *= weight;
+    reducer_->sum(host.data(), 2 * C);
+    std::vector<T> means(host.size());
+    for (std::size_t i = 0; i < host.size(); ++i) means[i] = static_cast<T>(host[i] / weight / c.global_count);
+    correction_means_.resize({2 * C});
+    backend_ops<Backend>::copy_from_host(means.data(), 2 * C, correction_means_.data());
+    const T* corrections = correction_means_.data();
+    const T* gamma = affine_ ? weight_.data() : nullptr;
+    backend_ops<Backend>::for_each_index(N * C, [=] OPNORM_HD(index_t r) {
+      const index_t ch = r % C;
+      const T mu = mean[ch], is = inv_std[ch];
+      const T scale = (gamma ? gamma[ch] : T(1)) * is;
+      const T mean_v = corrections[ch], mean_xhat_v = corrections[C + ch];
+      const T* vr = vs + r * S;
+      const T* xr = xs + r * S;
+      T* o = out + r * S;
+      for (index_t i = 0; i < S; ++i) o[i] = scale * (vr[i] - mean_v - (xr[i] - mu) * is * mean_xhat_v);
+    });
+  }
+
+  // The gradient that borrowing passes left for this pass's statistics,
+  // which are the global batch's: summed over ranks as shares of the global
+  // loss, like synchronized_jacobian's sums.
+  void reduce_statistics_gradient(const cache& c) const {
+    const index_t C = features_;
+    std::vector<double> host(static_cast<std::size_t>(2 * C));
+    const std::vector<T> mean_gradient = c.mean_gradient.to_vector(), inv_std_gradient = c.inv_std_gradient.to_vector();
+    for (index_t ch = 0; ch < C; ++ch) {
+      host[static_cast<std::size_t>(ch)] = c.share * static_cast<double>(mean_gradient[static_cast<std::size_t>(ch)]);
+      host[static_cast<std::size_t>(C + ch)] =
+          c.share * static_cast<double>(inv_std_gradient[static_cast<std::size_t>(ch)]);
+    }
+    reducer_->sum(host.data(), 2 * C);
+    std::vector<T> reduced(host.size());
+    for (std::size_t i = 0; i < host.size(); ++i) reduced[i] = static_cast<T>(host[i] / c.share);
+    backend_ops<Backend>::copy_from_host(reduced.data(), C, c.mean_gradient.data());
+    backend_ops<Backend>::copy_from_host(reduced.data() + C, C, c.inv_std_gradient.data());
+  }
+
  private:
   // The checks that must precede the allocation of the per-feature tensors.
   static index_t checked_features(index_t features, double momentum, double eps) {
@@ -430,6 +614,11 @@ class batch_norm : public detail::weight_and_bias<T, Backend> {
   double momentum_, eps_;
   tensor<T, Backend> running_mean_, running_var_;
   std::int64_t num_batches_tracked_ = 0;
+  distributed::statistics_reducer* reducer_ = nullptr;  // null: per-rank statistics
+  // Scratch of the synchronized paths: per-channel sums of the shard, the
+  // global means they are centred on, the correction terms of the backward.
+  mutable tensor<double, Backend> shard_sums_, centers_;
+  mutable tensor<T, Backend> correction_means_;
 };
 
 /// torch.nn.BatchNorm1d and BatchNorm2d are the same computation here; the

@@ -29,7 +29,7 @@ mkdir -p "$work"
 cd "$work"
 fail() { echo "FAILED: $*"; exit 1; }
 
-run=(--distributed --limit-train 2048 --batch-size 64 --epochs 2 --checkpoint-every 4 --progress-every 4)
+run=(--distributed --limit-train 1024 --batch-size 64 --epochs 2 --checkpoint-every 4 --progress-every 4)
 
 # 1. Start the job and wait for a checkpoint written inside the first epoch.
 "$mpiexec" -np 2 --oversubscribe "$bin/train" "${run[@]}" --out run >job.out 2>job.err &

@@ -45,6 +45,7 @@
 # Environment:
 #   OPNORM_ASAN_BUILD_DIR  (build-asan)   OPNORM_TSAN_BUILD_DIR (build-tsan)
 #   OPNORM_SANITIZE_JOBS   parallel compile jobs and ctest jobs (nproc)
+#   OPNORM_SANITIZE_ASAN   0 skips the ASan+UBSan pass (1), to rerun TSan alone
 #   OPNORM_SANITIZE_TSAN   0 skips the ThreadSanitizer pass (1)
 #   OPNORM_TSAN_TESTS      test programs for the TSan pass
 #   OPNORM_TORCHATTACKS_PYTHON  interpreter with torch and torchattacks
@@ -66,6 +67,9 @@ elapsed() { echo "$(( $(seconds) - $1 )) s"; }
 # keeps two UBSan checks out of Thrust's headers only: Thrust dispatches
 # through a null pointer by design (scripts/ubsan_ignorelist.txt says where).
 ignorelist="-fsanitize-ignorelist=$(pwd)/scripts/ubsan_ignorelist.txt"
+if [ "${OPNORM_SANITIZE_ASAN:-1}" = 0 ]; then
+  echo "opnorm: the ASan+UBSan pass is switched off (OPNORM_SANITIZE_ASAN=0)"
+else
 start=$(seconds)
 cmake -S . -B "$asan_build" -DCMAKE_CXX_COMPILER="$cxx" -DCMAKE_BUILD_TYPE=Asan \
   -DCMAKE_CXX_FLAGS_ASAN="$common_flags -fsanitize=address,undefined -fno-sanitize-recover=undefined $ignorelist" \
@@ -88,6 +92,7 @@ echo "opnorm: ASan+UBSan tests: $(elapsed "$start")"
 if [ "$asan_status" -ne 0 ]; then
   echo "opnorm: the ASan+UBSan pass failed (see the reports above)" >&2
   exit "$asan_status"
+fi
 fi
 
 # Pass 2: TSan with LLVM's libomp and Archer (see the top of this file).

@@ -26,7 +26,7 @@
 #   preflight  nvidia-smi must list a GPU (else stop at once, exit 2); nvcc,
 #              cmake, a C++ compiler; python3 with torch that sees CUDA
 #   configure  -DOPNORM_CUDA=ON for the GPU's architecture only, with .deps
-#   build      cuda_test_backend_agreement and cuda_bench_steps, -j16
+#   build      cuda_test_backend_agreement, cuda_test_nccl_one_rank and cuda_bench_steps, -j16
 #   test       ctest -R '^cuda_'
 #   compare    bench/compare.py --device cuda --markdown docs/performance-gpu.md
 # A failed phase does not stop the later ones that can still run; the exit
@@ -255,7 +255,7 @@ fi
 
 arch=${OPNORM_CUDA_ARCHITECTURES:-$(gpu_architecture)}
 mapfile -t configure_args < <(configure_arguments "$nvcc" "$arch")
-build_targets=(cuda_test_backend_agreement cuda_bench_steps)
+build_targets=(cuda_test_backend_agreement cuda_test_nccl_one_rank cuda_bench_steps)
 compare_args=(--device cuda --python "$PYTHON" --bench-binary "$BUILD/bench/cuda_bench_steps" --threads "$THREADS"
   --repetitions 3 --min-time 0.2 --warmup-time 0.3 --timeout 60 --json "$LOGS/gpu_compare.json"
   --markdown "$REPORT")

@@ -26,3 +26,23 @@ if(OPNORM_MPI AND OPNORM_BUILD_EXAMPLES)
                    ${CMAKE_CURRENT_BINARY_DIR}/distributed_programs ${MPIEXEC_EXECUTABLE})
   set_tests_properties(distributed_programs PROPERTIES SKIP_RETURN_CODE 77 TIMEOUT 900)
 endif()
+
+# nccl_communicator on one GPU, compiled by nvcc in the CUDA build when the
+# toolkit has NCCL (tests/distributed/test_nccl_one_rank.cpp). Without a
+# device it prints "no CUDA device: skipped" and ctest counts it as skipped;
+# scripts/gpu_check.sh runs it on a GPU.
+if(OPNORM_CUDA)
+  find_library(OPNORM_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR})
+  find_path(OPNORM_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
+  if(OPNORM_NCCL_LIBRARY AND OPNORM_NCCL_INCLUDE_DIR)
+    opnorm_cuda_program(test_nccl_one_rank ${CMAKE_CURRENT_SOURCE_DIR}/distributed/test_nccl_one_rank.cpp
+                        ${CMAKE_CURRENT_SOURCE_DIR}/cuda_test_main.cpp)
+    target_link_libraries(cuda_test_nccl_one_rank PRIVATE doctest::doctest ${OPNORM_NCCL_LIBRARY})
+    target_include_directories(cuda_test_nccl_one_rank PRIVATE ${OPNORM_NCCL_INCLUDE_DIR})
+    add_test(NAME cuda_test_nccl_one_rank COMMAND cuda_test_nccl_one_rank)
+    set_tests_properties(cuda_test_nccl_one_rank PROPERTIES SKIP_RETURN_CODE 77)
+    message(STATUS "opnorm: NCCL from ${OPNORM_NCCL_LIBRARY}")
+  else()
+    message(STATUS "opnorm: NCCL not found: nccl_communicator is not built")
+  endif()
+endif()

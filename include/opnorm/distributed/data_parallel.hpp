@@ -100,12 +100,24 @@ void broadcast_state(Communicator& comm, const state_list<T, B>& s) {
   for (std::size_t i = 0; i < counters.size(); ++i) *s.counters[i].value = counters[i];
 }
 
+namespace detail {
+// Communicators that reduce device memory in place (nccl_communicator).
+template <class C, class V, class = void>
+struct has_device_all_reduce : std::false_type {};
+template <class C, class V>
+struct has_device_all_reduce<
+    C, V, std::void_t<decltype(std::declval<C&>().all_reduce_sum_on_device(std::declval<V*>(), index_t{}))>>
+    : std::true_type {};
+}  // namespace detail
+
 /// Averages parameter gradients over ranks, weighting rank r by its share
 /// c_r of the global batch: g <- sum_r c_r g_r on every rank. Tensors go in
 /// the order of the state list (the same on every rank), packed into
 /// buckets of about bucket_bytes so that the many small tensors (biases,
 /// BatchNorm scales) share messages and the large ones are split only at
-/// tensor boundaries.
+/// tensor boundaries. Gradients in device memory go to a communicator that
+/// reduces device memory (NCCL) without a trip through the host; otherwise a
+/// bucket is staged in host memory.
 template <class T, class B>
 class gradient_averager {
  public:
@@ -121,10 +133,14 @@ class gradient_averager {
     std::size_t bytes = 0;
     auto flush = [&] {
       if (bucket.empty()) return;
-      detail::pack(bucket, host_);
-      for (T& v : host_) v = static_cast<T>(static_cast<double>(v) * share);
-      comm.all_reduce_sum(host_.data(), static_cast<index_t>(host_.size()));
-      detail::unpack(host_, bucket);
+      if constexpr (!backend_ops<B>::host_accessible && detail::has_device_all_reduce<Communicator, T>::value) {
+        reduce_on_device(comm, bucket, static_cast<T>(share));
+      } else {
+        detail::pack(bucket, host_);
+        for (T& v : host_) v = static_cast<T>(static_cast<double>(v) * share);
+        comm.all_reduce_sum(host_.data(), static_cast<index_t>(host_.size()));
+        detail::unpack(host_, bucket);
+      }
       messages_ += 1;
       bucket.clear();
       bytes = 0;
@@ -141,9 +157,33 @@ class gradient_averager {
   /// Messages sent so far (one per bucket and call): what the bucketing saves.
   std::int64_t messages() const { return messages_; }
 
+  // Packs the bucket into one device tensor, scales it by the share, reduces
+  // it in place and unpacks it. Public because nvcc rejects the extended
+  // lambda in a private member function; not part of the interface.
+  template <class Communicator>
+  void reduce_on_device(Communicator& comm, const std::vector<tensor<T, B>*>& bucket, T share) {
+    index_t size = 0;
+    for (const auto* t : bucket) size += t->size();
+    device_.resize({size});
+    T* packed = device_.data();
+    index_t at = 0;
+    for (const auto* t : bucket) {
+      backend_ops<B>::copy(t->data(), t->size(), packed + at);
+      at += t->size();
+    }
+    backend_ops<B>::for_each_index(size, [=] OPNORM_HD(index_t i) { packed[i] *= share; });
+    comm.all_reduce_sum_on_device(packed, size);
+    at = 0;
+    for (auto* t : bucket) {
+      backend_ops<B>::copy(packed + at, t->size(), t->data());
+      at += t->size();
+    }
+  }
+
  private:
   std::size_t bucket_bytes_;
   std::vector<T> host_;
+  tensor<T, B> device_;  // the bucket, when the communicator reduces device memory
   std::int64_t messages_ = 0;
 };
 

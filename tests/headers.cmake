@@ -7,15 +7,18 @@ set(_opnorm_cccl "")
 if(OPNORM_CCCL_INCLUDE_DIR)
   set(_opnorm_cccl "-isystem ${OPNORM_CCCL_INCLUDE_DIR}")
 endif()
-# distributed/mpi.hpp is the one header with an outside dependency (mpi.h):
-# it is checked with MPI's include path where OPNORM_MPI found MPI, and not
-# at all otherwise.
+# distributed/mpi.hpp needs mpi.h: it is checked with MPI's include path
+# where OPNORM_MPI found MPI, and not at all otherwise.
 set(_opnorm_mpi "")
 if(OPNORM_MPI)
   foreach(_dir ${MPI_CXX_INCLUDE_DIRS})
     string(APPEND _opnorm_mpi " -I${_dir}")
   endforeach()
 endif()
+# distributed/nccl.hpp needs nccl.h and cuda_runtime.h, which the CUDA
+# toolkit keeps together; it is checked where they are found.
+find_path(_opnorm_nccl_headers NAMES nccl.h cuda_runtime.h
+          HINTS ${CUDAToolkit_INCLUDE_DIRS} $ENV{CUDA_HOME}/include /usr/local/cuda/include NO_DEFAULT_PATH)
 foreach(header ${_opnorm_headers})
   string(REPLACE "/" "_" _name ${header})
   set(_extra "")
@@ -24,6 +27,12 @@ foreach(header ${_opnorm_headers})
       continue()
     endif()
     set(_extra "${_opnorm_mpi}")
+  endif()
+  if(header STREQUAL "opnorm/distributed/nccl.hpp")
+    if(NOT _opnorm_nccl_headers OR NOT EXISTS ${_opnorm_nccl_headers}/cuda_runtime.h)
+      continue()
+    endif()
+    set(_extra " -I${_opnorm_nccl_headers}")
   endif()
   add_test(NAME header_${_name}
     COMMAND sh -c "echo '#include <${header}>' | ${CMAKE_CXX_COMPILER} -std=c++17 -fopenmp -fsyntax-only -x c++ -I${PROJECT_SOURCE_DIR}/include -I${_opnorm_eigen_dirs} ${_opnorm_cccl}${_extra} -")

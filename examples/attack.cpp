@@ -52,11 +52,9 @@
 
 #include <opnorm/distributed/communicator.hpp>
 #include <opnorm/distributed/data_parallel.hpp>
-#if OPNORM_HAVE_MPI
-#include <opnorm/distributed/mpi.hpp>
-#endif
 
 #include "command_line.hpp"
+#include "distributed_job.hpp"
 
 using namespace opnorm;
 namespace cl = opnorm::command_line;
@@ -150,12 +148,8 @@ void attack_on(Communicator& comm, const settings& s) {
                                                 : robust_accuracies<linf>(model, s, images, labels);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   accuracy.push_back(robust_accuracy<l2>(model, attack_options<float>{}, images, labels, {0.0f}).front());
-  // Fractions of the shard back to counts (exact: count / size * size
-  // rounds to count), summed over ranks, then fractions of all n.
-  std::vector<std::int64_t> counts;
-  for (double a : accuracy) counts.push_back(std::llround(a * static_cast<double>(mine.size())));
-  comm.all_reduce_sum(counts.data(), static_cast<index_t>(counts.size()));
-  for (std::size_t k = 0; k < counts.size(); ++k) accuracy[k] = static_cast<double>(counts[k]) / static_cast<double>(n);
+  // Fractions of this rank's images back to counts, summed over ranks.
+  accuracy = distributed::fractions_over_ranks(comm, mine, n, accuracy);
   const double clean = accuracy.back();
   if (comm.rank() != 0) return;
   std::printf("%s, %s, %d restart(s), %lld test images, eps in [0,1] pixel units, backend %s",
@@ -233,28 +227,7 @@ int main(int argc, char** argv) {
     else throw std::logic_error("--backend " + s.backend + " is accepted but not dispatched");
   };
   try {
-    if (s.distributed) {
-#if OPNORM_HAVE_MPI
-      distributed::mpi_session session(argc, argv);
-      distributed::mpi_communicator world;
-      distributed::any_communicator comm(world);  // one communicator type: the attacks compile once
-      try {
-        dispatch(comm);
-      } catch (const std::exception& e) {
-        // Other ranks may wait in the reduction: end the whole job.
-        const bool usage = dynamic_cast<const cl::usage_error*>(&e) != nullptr;
-        std::cerr << "attack: error on rank " << world.rank() << " of " << world.size() << ": " << e.what()
-                  << (usage ? " (see --help)" : "") << '\n';
-        MPI_Abort(world.native(), usage ? cl::exit_usage : cl::exit_failure);
-      }
-#else
-      throw cl::usage_error("--distributed needs a build with MPI (cmake -DOPNORM_MPI=ON; Debian: libopenmpi-dev)");
-#endif
-    } else {
-      distributed::single_process one;
-      distributed::any_communicator comm(one);
-      dispatch(comm);
-    }
+    cl::run_job(s.distributed, argc, argv, "attack", [&](auto& comm) { dispatch(comm); });
     return cl::exit_success;
   } catch (const cl::usage_error& e) {
     std::cerr << "attack: error: " << e.what() << " (see --help)\n";

@@ -21,6 +21,15 @@
 // Everything lands in <out>/results.json (rewritten atomically after every
 // stage, so a run stopped part way leaves the stages it finished) and the
 // models in <out>/models/*.safetensors.
+//
+// --distributed (a build with OPNORM_MPI=ON) runs the whole reproduction on
+// the ranks of an MPI job (mpirun -np N reproduce --distributed ...): the
+// models are trained data-parallel with synchronized BatchNorm statistics
+// (fit with a communicator), and every measurement splits its test points
+// across the ranks (shard_of) and joins the per-example results exactly
+// (join_shards), so the curves and Table 1 are those of one process that
+// measured every point, up to float rounding (docs/distributed.md says how
+// much). Rank 0 alone logs and writes.
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -44,6 +53,8 @@
 #include <nlohmann/json.hpp>
 
 #include <opnorm/analysis/analysis.hpp>
+#include <opnorm/distributed/communicator.hpp>
+#include <opnorm/distributed/data_parallel.hpp>
 #include <opnorm/kernel/attacks.hpp>
 #include <opnorm/data/data.hpp>
 #include <opnorm/io/checkpoint.hpp>
@@ -55,6 +66,7 @@
 #include <opnorm/train/train.hpp>
 
 #include "command_line.hpp"
+#include "distributed_job.hpp"
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
@@ -67,6 +79,9 @@ namespace {
 using T = float;
 using host_tensor = tensor<T, backend::cpu>;
 using host_labels = label_tensor<backend::cpu>;
+// One communicator type for one process and for the ranks of a job, so the
+// reproduction is compiled once (examples/distributed_job.hpp).
+using communicator = distributed::any_communicator;
 
 // ---------------------------------------------------------------------------
 // Settings
@@ -96,6 +111,7 @@ struct settings {
   // of the cost, which keeps the default preset within its 20 minutes.
   index_t ensemble_points = 300;
   int apgd_target_classes = 3;
+  index_t apgd_iterations = 100;  // AutoAttack's
   double large_eps_factor = 4;   // the masking check "a large eps drives accuracy to 0" runs at this * eps*
   index_t clean_points = 0;      // test points for clean accuracy (0: the whole test set)
   index_t points = 200;          // test points for Figure 1
@@ -122,6 +138,7 @@ struct settings {
   std::vector<double> curve_factors = {0, 0.125, 0.25, 0.375, 0.5, 0.75, 1, 1.5, 2};  // Figure 3 eps / eps*
   bool appendix = false;         // global SNR with 10 iterations, adversarial with large alpha
   std::vector<double> large_alpha_factors = {1, 10, 1000};  // Figure 8: alpha / eps
+  bool distributed = false;      // run on the ranks of an MPI job
 };
 
 void apply_preset(settings& s) {
@@ -181,7 +198,11 @@ double seconds_since(clock_type::time_point t) {
   return std::chrono::duration<double>(clock_type::now() - t).count();
 }
 
+// Rank 0 of a job logs; the others measure the same things in step with it.
+bool logging_rank = true;
+
 void log_line(const std::string& text) {
+  if (!logging_rank) return;
   char stamp[32];
   std::snprintf(stamp, sizeof stamp, "[%7.1fs] ", seconds_since(program_start));
   std::cerr << stamp << text << '\n' << std::flush;
@@ -236,6 +257,35 @@ points first_points(const dataset<T>& test, index_t count) {
   return {part.images, part.labels};
 }
 
+/// A set of test points split across the ranks of the job: the examples
+/// this rank measures (its shard_of the set) and where they sit in the set.
+/// In one process a rank's share is the whole set.
+struct split_points {
+  points mine;
+  distributed::shard range;
+  index_t count = 0;  // examples in the whole set
+};
+split_points split_across(communicator& comm, const points& p) {
+  const index_t n = p.x.dim(0);
+  const distributed::shard range = distributed::shard_of(n, comm.rank(), comm.size());
+  return {{slice_rows(p.x, range.begin, range.end), slice_rows(p.y, range.begin, range.end)}, range, n};
+}
+
+/// Rows of per-example values measured on this rank's points, joined into
+/// rows over every point of the set (in the set's order, on every rank).
+an::curve_samples joined(communicator& comm, const split_points& p, const an::curve_samples& local) {
+  return distributed::join_shards(comm, p.range, p.count, local);
+}
+
+std::vector<double> as_row(const std::vector<std::uint8_t>& flags) { return {flags.begin(), flags.end()}; }
+
+/// The share of the first n of a row of 0/1 flags that are 1.
+double share_of_first(const std::vector<double>& flags, index_t n) {
+  double c = 0;
+  for (index_t i = 0; i < n; ++i) c += flags[static_cast<std::size_t>(i)];
+  return n > 0 ? c / static_cast<double>(n) : 0.0;
+}
+
 // ---------------------------------------------------------------------------
 // Models
 
@@ -247,9 +297,16 @@ struct model_entry {
   json info;          // method, hyper-parameters, accuracies, seconds
 };
 
+/// Trains net on every rank of the job together (one process: alone). On
+/// more than one rank BatchNorm normalizes with the global batch's
+/// statistics while it trains, so the model is the one a single process
+/// would train (up to rounding); afterwards it is a per-rank model again,
+/// and the measurements, all in eval mode, need no communication.
 template <class Net, class Method>
-double train_with(Net& net, Method& method, const dataset<T>& train, index_t epochs, double lr, std::uint64_t seed,
-                  index_t progress_every) {
+double train_with(communicator& comm, Net& net, Method& method, const dataset<T>& train, index_t epochs, double lr,
+                  std::uint64_t seed, index_t progress_every) {
+  distributed::communicator_statistics_reducer<communicator> reducer(comm);
+  if (comm.size() > 1) distributed::synchronize_batch_norm(net, &reducer);
   sgd optimizer(net, sgd_options{lr, 0.9, 5e-4, false});
   const cosine_schedule schedule(lr, epochs);
   fit_options options;
@@ -258,7 +315,9 @@ double train_with(Net& net, Method& method, const dataset<T>& train, index_t epo
   options.seed = seed;
   const dataset<T> no_test;
   const auto start = clock_type::now();
-  fit(net, method, optimizer, schedule, train, no_test, options, progress(std::cerr, progress_every));
+  fit(comm, net, method, optimizer, schedule, train, no_test, options,
+      distributed::on_root(comm, progress(std::cerr, progress_every)));
+  distributed::synchronize_batch_norm(net, nullptr);
   return seconds_since(start);
 }
 
@@ -268,6 +327,9 @@ double train_with(Net& net, Method& method, const dataset<T>& train, index_t epo
 /// Robust accuracy under Norm-PGA-10 at each eps, per example (0/1 samples),
 /// and the alignment of each perturbation with the top right singular vector
 /// of J_f at the clean point, from the same attacks. Row e of both is eps e.
+/// Every random start and direction is keyed by the example's pixels and the
+/// seed alone (norms.hpp), never by its position, so an example's samples do
+/// not depend on which chunk, or which rank, measured it.
 template <class Norm, class Net>
 void accuracy_and_alignment(Net& net, const points& p, const std::vector<T>& eps_list, std::uint64_t seed,
                             an::curve_samples& correct, an::curve_samples& alignment_top,
@@ -282,12 +344,12 @@ void accuracy_and_alignment(Net& net, const points& p, const std::vector<T>& eps
     const host_labels y = slice_rows(p.y, begin, end);
     const std::vector<an::svd_spectrum> clean = an::spectra(an::jacobian_by_vjp(net, x));
     host_tensor direction;
-    Norm::random_direction(x, random::hash(seed, 0xa11, static_cast<std::uint64_t>(begin)), direction);
+    Norm::random_direction(x, random::hash(seed, 0xa11, 0), direction);
     for (index_t i = 0; i < end - begin; ++i)
       random_alignment_top[0].push_back(an::alignment_with_top(an::example_vector(direction, i), clean[i]));
     host_tensor delta;
     for (std::size_t e = 0; e < eps_list.size(); ++e) {
-      auto attack = make_pga<Norm>(net, pga10(eps_list[e], random::hash(seed, e, static_cast<std::uint64_t>(begin))));
+      auto attack = make_pga<Norm>(net, pga10(eps_list[e], random::hash(seed, e, 0)));
       const auto r = attack(x, y);
       subtract(r.adversarial, x, delta);
       for (index_t i = 0; i < end - begin; ++i) {
@@ -302,22 +364,22 @@ void accuracy_and_alignment(Net& net, const points& p, const std::vector<T>& eps
 /// alignment of the adversarial perturbation with every right singular
 /// vector (at the clean point), by rank.
 template <class Net>
-json spectrum_and_alignment(Net& net, const points& p, double eps, std::uint64_t seed) {
+json spectrum_and_alignment(communicator& comm, Net& net, const split_points& p, double eps, std::uint64_t seed) {
   auto attack = make_pga<l2>(net, pga10(eps, seed));
-  const auto r = attack(p.x, p.y);
+  const auto r = attack(p.mine.x, p.mine.y);
   host_tensor delta;
-  subtract(r.adversarial, p.x, delta);
-  const auto clean_jacobians = an::jacobian_by_vjp(net, p.x);
+  subtract(r.adversarial, p.mine.x, delta);
+  const auto clean_jacobians = an::jacobian_by_vjp(net, p.mine.x);
   const auto adversarial_jacobians = an::jacobian_by_vjp(net, r.adversarial);
   const auto clean_spectra = an::spectra(clean_jacobians);
-  json j;
-  j["clean_singular_values"] = summary_json(an::singular_values(clean_jacobians));
-  j["adversarial_singular_values"] = summary_json(an::singular_values(adversarial_jacobians));
-  j["alignment_by_rank"] = summary_json(an::alignment_by_rank(delta, clean_spectra));
   host_tensor direction;
-  l2::random_direction(p.x, random::hash(seed, 0xf1, 1), direction);
-  j["random_alignment_by_rank"] = summary_json(an::alignment_by_rank(direction, clean_spectra));
-  j["attack_success_rate"] = r.success_rate();
+  l2::random_direction(p.mine.x, random::hash(seed, 0xf1, 1), direction);
+  json j;
+  j["clean_singular_values"] = summary_json(joined(comm, p, an::singular_values(clean_jacobians)));
+  j["adversarial_singular_values"] = summary_json(joined(comm, p, an::singular_values(adversarial_jacobians)));
+  j["alignment_by_rank"] = summary_json(joined(comm, p, an::alignment_by_rank(delta, clean_spectra)));
+  j["random_alignment_by_rank"] = summary_json(joined(comm, p, an::alignment_by_rank(direction, clean_spectra)));
+  j["attack_success_rate"] = share_of_first(joined(comm, p, {as_row(r.success)}).front(), p.count);
   return j;
 }
 
@@ -342,31 +404,36 @@ an::curve_samples sigma_max_along(Net& net, const host_tensor& x, const std::vec
 /// layer and sigma_max(J_f(x + z)) against ||z|| along random and adversarial
 /// directions.
 template <class Norm, class Net>
-json linearity_profile(Net& net, const points& p, const std::vector<T>& radii, std::uint64_t seed) {
+json linearity_profile(communicator& comm, Net& net, const split_points& p, const std::vector<T>& radii,
+                       std::uint64_t seed) {
   an::distance_profile_options<T> o;
   o.radii = radii;
   o.until = an::penultimate_output;
   o.power_iterations = 0;  // sigma_max comes from the exact Jacobian below
   o.seed = seed;
-  const auto random_profile = an::profile_along_random_directions<Norm>(net, p.x, o);
-  const auto adversarial_profile =
-      an::profile_along_adversarial_directions<Norm>(net, p.x, p.y, pga10(0, random::hash(seed, 0xad, 0)), o);
+  const auto random_profile = an::profile_along_random_directions<Norm>(net, p.mine.x, o);
+  const auto adversarial_profile = an::profile_along_adversarial_directions<Norm>(
+      net, p.mine.x, p.mine.y, pga10(0, random::hash(seed, 0xad, 0)), o);
   json j;
-  j["random"]["deviation"] = summary_json(random_profile.deviation);
-  j["random"]["sigma_max"] = summary_json(sigma_max_along(net, p.x, radii, random_profile.directions));
-  j["adversarial"]["deviation"] = summary_json(adversarial_profile.deviation);
-  j["adversarial"]["sigma_max"] = summary_json(sigma_max_along(net, p.x, radii, adversarial_profile.directions));
+  j["random"]["deviation"] = summary_json(joined(comm, p, random_profile.deviation));
+  j["random"]["sigma_max"] =
+      summary_json(joined(comm, p, sigma_max_along(net, p.mine.x, radii, random_profile.directions)));
+  j["adversarial"]["deviation"] = summary_json(joined(comm, p, adversarial_profile.deviation));
+  j["adversarial"]["sigma_max"] =
+      summary_json(joined(comm, p, sigma_max_along(net, p.mine.x, radii, adversarial_profile.directions)));
   return j;
 }
 
+/// Figure 3 (and 5 under linf): robust accuracy and alignment against eps.
 template <class Norm, class Net>
-json robustness_curves(Net& net, const points& p, const std::vector<T>& eps_list, std::uint64_t seed) {
+json robustness_curves(communicator& comm, Net& net, const split_points& p, const std::vector<T>& eps_list,
+                       std::uint64_t seed) {
   an::curve_samples correct, alignment, random_alignment;
-  accuracy_and_alignment<Norm>(net, p, eps_list, seed, correct, alignment, random_alignment);
+  accuracy_and_alignment<Norm>(net, p.mine, eps_list, seed, correct, alignment, random_alignment);
   json j;
-  j["accuracy"] = summary_json(correct);
-  j["alignment_top"] = summary_json(alignment);
-  j["random_alignment_top"] = summary_json(random_alignment);
+  j["accuracy"] = summary_json(joined(comm, p, correct));
+  j["alignment_top"] = summary_json(joined(comm, p, alignment));
+  j["random_alignment_top"] = summary_json(joined(comm, p, random_alignment));
   return j;
 }
 
@@ -383,18 +450,38 @@ bool in_figures_2_3(const std::string& key) { return !is_large_alpha(key) && key
 bool in_figures_4_5(const std::string& key) { return in_figures_2_3(key) && key != "global_snr_10"; }
 
 template <class Net, class Factory>
-void run(settings s, Factory make_net, const dataset<T>& train_full, const dataset<T>& test, json& results) {
-  // A run that fails before writing anything leaves no folder behind.
-  cl::output_folder folder(s.out);
-  const fs::path out = folder.path();
-  fs::create_directories(out / "models");
+void run(communicator& comm, settings s, Factory make_net, const dataset<T>& train_full, const dataset<T>& test,
+         json& results) {
+  // Every split set needs a point on every rank.
+  const auto enough_for_ranks = [&](index_t wanted, const char* option) {
+    if (std::min(wanted, test.size()) < comm.size())
+      throw cl::usage_error(std::string(option) + " " + std::to_string(wanted) + " is fewer than the " +
+                            std::to_string(comm.size()) + " ranks of the job");
+  };
+  enough_for_ranks(s.eps_points, "--eps-points");
+  enough_for_ranks(s.robust_points, "--robust-points");
+  enough_for_ranks(std::min(s.ensemble_points, s.robust_points), "--ensemble-points");
+  enough_for_ranks(s.points, "--points");
+  enough_for_ranks(s.profile_points, "--profile-points");
+  enough_for_ranks(s.curve_points, "--curve-points");
+  if (s.linf_points > 0) enough_for_ranks(s.linf_points, "--linf-points");
+  // Rank 0 writes; a run that fails before writing anything leaves no folder behind.
+  const bool writer = comm.rank() == 0;
+  std::optional<cl::output_folder> folder;
+  if (writer) folder.emplace(s.out);
+  const fs::path out = s.out;
+  if (writer) fs::create_directories(out / "models");
   const fs::path results_path = out / "results.json";
   const dataset<T> clean_test =
       s.clean_points > 0 && s.clean_points < test.size() ? subset(test, 0, s.clean_points) : test;
   results["meta"]["clean_points"] = clean_test.size();
+  results["meta"]["ranks"] = comm.size();
   auto save = [&] {
     results["meta"]["seconds"] = seconds_since(program_start);
-    write_json_atomically(results_path, results);
+    if (writer) write_json_atomically(results_path, results);
+  };
+  auto save_model = [&](Net& net, const std::string& key, const std::string& method_name) {
+    if (writer) save_checkpoint(net, out / "models" / (key + ".safetensors"), {{"method", method_name}});
   };
   auto stage_done = [&](const std::string& name, clock_type::time_point start) {
     results["meta"]["stage_seconds"][name] = seconds_since(start);
@@ -422,28 +509,33 @@ void run(settings s, Factory make_net, const dataset<T>& train_full, const datas
              std::to_string(s.standard_epochs) + " epochs, SGD lr " + fmt(s.standard_lr) + " cosine");
     standard method;
     standard_info["train_seconds"] =
-        train_with(standard_net, method, train, s.standard_epochs, s.standard_lr, s.seed, progress_every);
+        train_with(comm, standard_net, method, train, s.standard_epochs, s.standard_lr, s.seed, progress_every);
     standard_info["hyper"] = {{"epochs", s.standard_epochs}, {"examples", train.size()}, {"lr", s.standard_lr}};
-    save_checkpoint(standard_net, out / "models" / "standard.safetensors", {{"method", "standard"}});
   }
-  standard_info["clean_accuracy"] = evaluate(standard_net, clean_test).accuracy;
+  save_model(standard_net, "standard", "standard");
+  standard_info["clean_accuracy"] = evaluate(comm, standard_net, clean_test).accuracy;
   log_line("standard model: clean test accuracy " + fmt(100 * standard_info["clean_accuracy"].template get<double>()) + "%");
   stage_done("standard_training", start);
 
   // 2. The training eps (paper's rule), l2 and linf.
   start = clock_type::now();
-  const points eps_p = first_points(test, s.eps_points);
+  const split_points eps_p = split_across(comm, first_points(test, s.eps_points));
   auto select = [&](auto norm_tag, const std::vector<double>& grid, double given, const char* key) {
     using Norm = decltype(norm_tag);
     std::vector<T> g(grid.begin(), grid.end());
-    const auto sel = an::select_attack_eps<Norm>(standard_net, pga10(0, random::hash(s.seed, 0xe95, 0)), eps_p.x,
-                                                 eps_p.y, g);
+    // The rule's robust accuracies, measured on every rank's points and summed.
+    const auto sel = an::apply_eps_rule(
+        g,
+        distributed::fractions_over_ranks(comm, eps_p.range, eps_p.count,
+                                          robust_accuracy<Norm>(standard_net, pga10(0, random::hash(s.seed, 0xe95, 0)),
+                                                                eps_p.mine.x, eps_p.mine.y, g)),
+        eps_p.count);
     json j;
     j["grid"] = grid;
     j["robust_accuracy"] = sel.robust_accuracy;
     j["misclassified"] = sel.misclassified;
     j["fraction"] = sel.fraction;
-    j["points"] = eps_p.x.dim(0);
+    j["points"] = eps_p.count;
     j["rule_eps"] = sel.eps ? json(static_cast<double>(*sel.eps)) : json(nullptr);
     double eps = given > 0 ? given : (sel.eps ? static_cast<double>(*sel.eps) : grid.back());
     if (given <= 0 && !sel.eps)
@@ -465,11 +557,13 @@ void run(settings s, Factory make_net, const dataset<T>& train_full, const datas
 
   // 3. Fine-tuning from the standard checkpoint.
   const dataset<T> finetune_set = subset(train_full, 0, std::min(s.finetune_examples, train_full.size()));
-  const fs::path standard_path = out / "models" / "standard.safetensors";
-  if (!s.standard_checkpoint.empty()) save_checkpoint(standard_net, standard_path, {{"method", "standard"}});
+  // Every fine-tuned model starts from a copy of the standard model, kept
+  // in memory (the ranks of a job need not share a file system).
+  Net standard_start = make_net(s.seed);
+  copy_state(standard_net.state(), standard_start.state());
   auto from_standard = [&] {
     Net net = make_net(s.seed);
-    load_checkpoint(net, standard_path);
+    copy_state(standard_start.state(), net.state());
     return net;
   };
   const std::uint64_t finetune_seed = random::hash(s.seed, 0xf7, 0);
@@ -483,8 +577,8 @@ void run(settings s, Factory make_net, const dataset<T>& train_full, const datas
     hyper["finetune_epochs"] = s.finetune_epochs;
     hyper["lr"] = s.finetune_lr;
     info["hyper"] = hyper;
-    info["clean_accuracy"] = evaluate(net, clean_test).accuracy;
-    save_checkpoint(net, out / "models" / (key + ".safetensors"), {{"method", method_name}});
+    info["clean_accuracy"] = evaluate(comm, net, clean_test).accuracy;
+    save_model(net, key, method_name);
     log_line(label + ": clean test accuracy " + fmt(100 * info["clean_accuracy"].template get<double>()) + "% after " +
              fmt(seconds_since(t0), 3) + " s");
     stage_done("finetune_" + key, t0);
@@ -495,7 +589,7 @@ void run(settings s, Factory make_net, const dataset<T>& train_full, const datas
     log_line("fine-tuning " + label + ": " + std::to_string(finetune_set.size()) + " examples x " +
              std::to_string(s.finetune_epochs) + " epochs, SGD lr " + fmt(s.finetune_lr) + " cosine");
     const double seconds =
-        train_with(net, method, finetune_set, s.finetune_epochs, s.finetune_lr, finetune_seed, progress_every);
+        train_with(comm, net, method, finetune_set, s.finetune_epochs, s.finetune_lr, finetune_seed, progress_every);
     return adopt(key, label, method.name, std::move(net), std::move(hyper), seconds, t0);
   };
 
@@ -527,15 +621,15 @@ void run(settings s, Factory make_net, const dataset<T>& train_full, const datas
     const auto sweep_start = clock_type::now();
     if (lambda <= 0) {
       const dataset<T> judge = subset(test, 0, std::min(s.gsnr_sweep_points, test.size()));
-      const double target = evaluate(models.back().net, judge).accuracy;
+      const double target = evaluate(comm, models.back().net, judge).accuracy;
       double best_gap = 1e9;
       for (double candidate : s.gsnr_lambdas) {
         Net net = from_standard();
         global_snr<T> method(net, candidate, 1, s.seed);
         log_line("global SNR sweep: lambda " + fmt(candidate));
         const double seconds =
-            train_with(net, method, finetune_set, s.finetune_epochs, s.finetune_lr, finetune_seed, 1000000);
-        const double accuracy = evaluate(net, judge).accuracy;
+            train_with(comm, net, method, finetune_set, s.finetune_epochs, s.finetune_lr, finetune_seed, 1000000);
+        const double accuracy = evaluate(comm, net, judge).accuracy;
         sweep.push_back({{"lambda", candidate}, {"clean_accuracy", accuracy}});
         log_line("  clean accuracy " + fmt(100 * accuracy) + "% (adversarial: " + fmt(100 * target) + "%)");
         if (std::abs(accuracy - target) < best_gap) {
@@ -590,7 +684,7 @@ void run(settings s, Factory make_net, const dataset<T>& train_full, const datas
   }
 
   for (auto& m : models) {
-    if (!m.info.contains("clean_accuracy")) m.info["clean_accuracy"] = evaluate(m.net, clean_test).accuracy;
+    if (!m.info.contains("clean_accuracy")) m.info["clean_accuracy"] = evaluate(comm, m.net, clean_test).accuracy;
     m.info["label"] = m.label;
     results["models"][m.key] = m.info;
   }
@@ -598,58 +692,57 @@ void run(settings s, Factory make_net, const dataset<T>& train_full, const datas
   for (auto& m : models) results["model_order"].push_back(m.key);
   save();
 
-  // 4. Measurements.
-  const points robust_p = first_points(test, s.robust_points);
-  const points fig_p = first_points(test, s.points);
-  const points profile_p = first_points(test, s.profile_points);
-  const points curve_p = first_points(test, s.curve_points);
+  // 4. Measurements, each on its set of test points split across the ranks.
+  const split_points robust_p = split_across(comm, first_points(test, s.robust_points));
+  const split_points fig_p = split_across(comm, first_points(test, s.points));
+  const split_points profile_p = split_across(comm, first_points(test, s.profile_points));
+  const split_points curve_p = split_across(comm, first_points(test, s.curve_points));
   const std::vector<T> radii = scaled(s.radius_factors, eps);
   const std::vector<T> curve_eps = scaled(s.curve_factors, eps);
   results["figure2"]["radii"] = to_double(radii);
   results["figure3"]["eps"] = to_double(curve_eps);
-  results["meta"]["points"] = {{"robust", robust_p.x.dim(0)}, {"figure_1", fig_p.x.dim(0)}, {"figure_2", profile_p.x.dim(0)},
-                               {"figure_3", curve_p.x.dim(0)}};
+  results["meta"]["points"] = {{"robust", robust_p.count}, {"figure_1", fig_p.count}, {"figure_2", profile_p.count},
+                               {"figure_3", curve_p.count}};
 
   // Table 1: l2-PGA-10 at eps*, and the worst case over APGD-CE, APGD-T and
   // PGA-10 (in that order, each on the points still robust: AutoAttack's
   // procedure) on the first ensemble_points. A point is robust only if it
-  // is classified correctly at x and every attack fails on it.
+  // is classified correctly at x and every attack fails on it. Each rank
+  // attacks its share of the points; the per-point flags are joined.
   start = clock_type::now();
-  const points ensemble_p = first_points(test, std::min(s.ensemble_points, s.robust_points));
-  const index_t ensemble_n = ensemble_p.x.dim(0);
+  const split_points ensemble_p = split_across(comm, first_points(test, std::min(s.ensemble_points, s.robust_points)));
+  const index_t ensemble_n = ensemble_p.count;
   results["meta"]["points"]["ensemble"] = ensemble_n;
   apgd_options<T> apgd_settings;
   apgd_settings.eps = static_cast<T>(eps);
-  apgd_settings.iterations = 100;
+  apgd_settings.iterations = s.apgd_iterations;
   apgd_settings.restarts = 1;
   apgd_settings.target_classes = s.apgd_target_classes;
   apgd_settings.seed = random::hash(s.seed, 0xa9d, 0);
   const std::uint64_t pga_seed = random::hash(s.seed, 0x7ab, 0);
-  auto share = [](const std::vector<std::uint8_t>& flags, index_t n) {
-    std::size_t c = 0;
-    for (index_t i = 0; i < n; ++i) c += flags[static_cast<std::size_t>(i)];
-    return n > 0 ? static_cast<double>(c) / static_cast<double>(n) : 0.0;
-  };
   // The transfer check's inputs: PGA-10 points crafted on the standard model.
   host_tensor transferred;
   for (auto& m : models)
-    if (m.key == "standard") transferred = make_pga<l2>(m.net, pga10(eps, pga_seed))(ensemble_p.x, ensemble_p.y).adversarial;
-  const points large_p = first_points(test, std::min<index_t>(200, ensemble_n));
+    if (m.key == "standard")
+      transferred = make_pga<l2>(m.net, pga10(eps, pga_seed))(ensemble_p.mine.x, ensemble_p.mine.y).adversarial;
+  const split_points large_p = split_across(comm, first_points(test, std::min<index_t>(200, ensemble_n)));
   for (auto& m : models) {
     const auto t0 = clock_type::now();
     auto pga = make_pga<l2>(m.net, pga10(eps, pga_seed));
-    const auto pga_report = worst_case(m.net, robust_p.x, robust_p.y, pga);
+    const std::vector<double> pga_robust =
+        joined(comm, robust_p, {as_row(worst_case(m.net, robust_p.mine.x, robust_p.mine.y, pga).robust)}).front();
+    const double pga_accuracy = share_of_first(pga_robust, robust_p.count);
     json& row = results["models"][m.key];
-    row["robust_accuracy"] = pga_report.accuracy();
-    row["robust_points"] = robust_p.x.dim(0);
+    row["robust_accuracy"] = pga_accuracy;
+    row["robust_points"] = robust_p.count;
     const double pga_seconds = seconds_since(t0);
     // The untrained baseline is right on about one point in ten and is
     // nearly constant: an ensemble and masking checks would only measure
     // how flat it is, at a quarter of Table 1's attack time.
     if (m.key == "random_init") {
       log_line("Table 1, " + m.label + ": clean " + fmt(100 * row["clean_accuracy"].template get<double>()) +
-               "%, l2-PGA-10 at eps " + fmt(eps) + ": " + fmt(100 * pga_report.accuracy()) + "% (" +
-               fmt(pga_seconds, 3) + " s)");
+               "%, l2-PGA-10 at eps " + fmt(eps) + ": " + fmt(100 * pga_accuracy) + "% (" + fmt(pga_seconds, 3) +
+               " s)");
       save();
       continue;
     }
@@ -657,38 +750,41 @@ void run(settings s, Factory make_net, const dataset<T>& train_full, const datas
     const auto t1 = clock_type::now();
     auto apgd_ce = make_apgd<l2, softmax_cross_entropy>(m.net, apgd_settings);
     auto apgd_t = make_apgd<l2, targeted_dlr>(m.net, apgd_settings);
-    const auto ensemble = worst_case(m.net, ensemble_p.x, ensemble_p.y, apgd_ce, apgd_t, pga);
+    const auto ensemble = worst_case(m.net, ensemble_p.mine.x, ensemble_p.mine.y, apgd_ce, apgd_t, pga);
     std::vector<std::uint8_t> survives_apgd_ce(ensemble.correct);
-    for (index_t i = 0; i < ensemble_n; ++i)
-      if (ensemble.broken_by[static_cast<std::size_t>(i)] == 0) survives_apgd_ce[static_cast<std::size_t>(i)] = 0;
-    const double ensemble_seconds = seconds_since(t1);
-    row["ensemble"] = {{"robust_accuracy", ensemble.accuracy()},
-                       {"points", ensemble_n},
-                       {"attacks", {"APGD-CE", "APGD-T (DLR, " + std::to_string(s.apgd_target_classes) + " targets)", "l2-PGA-10"}},
-                       {"pga10_robust_accuracy", share(pga_report.robust, ensemble_n)},  // PGA-10 alone, same points
-                       {"apgd_ce_robust_accuracy", share(survives_apgd_ce, ensemble_n)},  // APGD-CE alone
-                       {"clean_accuracy", ensemble.clean_accuracy()},
-                       {"iterations", apgd_settings.iterations},
-                       {"seconds", ensemble_seconds}};
-
+    for (std::size_t i = 0; i < survives_apgd_ce.size(); ++i)
+      if (ensemble.broken_by[i] == 0) survives_apgd_ce[i] = 0;
     // Gradient-masking checks (the report judges them): a transfer attack
     // from the standard model, and a large eps.
     const std::vector<index_t> at_transfer = argmax_rows(m.net.predict(transferred));
     std::vector<std::uint8_t> survives_transfer(ensemble.correct);
-    for (index_t i = 0; i < ensemble_n; ++i)
-      if (at_transfer[static_cast<std::size_t>(i)] != ensemble_p.y[i]) survives_transfer[static_cast<std::size_t>(i)] = 0;
+    for (std::size_t i = 0; i < survives_transfer.size(); ++i)
+      if (at_transfer[i] != ensemble_p.mine.y[static_cast<index_t>(i)]) survives_transfer[i] = 0;
+    const an::curve_samples flags = joined(
+        comm, ensemble_p,
+        {as_row(ensemble.robust), as_row(ensemble.correct), as_row(survives_apgd_ce), as_row(survives_transfer)});
+    const double ensemble_seconds = seconds_since(t1);
+    row["ensemble"] = {{"robust_accuracy", share_of_first(flags[0], ensemble_n)},
+                       {"points", ensemble_n},
+                       {"attacks", {"APGD-CE", "APGD-T (DLR, " + std::to_string(s.apgd_target_classes) + " targets)", "l2-PGA-10"}},
+                       {"pga10_robust_accuracy", share_of_first(pga_robust, ensemble_n)},  // PGA-10 alone, same points
+                       {"apgd_ce_robust_accuracy", share_of_first(flags[2], ensemble_n)},  // APGD-CE alone
+                       {"clean_accuracy", share_of_first(flags[1], ensemble_n)},
+                       {"iterations", apgd_settings.iterations},
+                       {"seconds", ensemble_seconds}};
     auto large = make_pga<l2>(m.net, pga10(s.large_eps_factor * eps, pga_seed));
-    const auto large_report = worst_case(m.net, large_p.x, large_p.y, large);
-    row["masking"] = {{"transfer_from_standard_robust_accuracy", share(survives_transfer, ensemble_n)},
+    const std::vector<double> large_robust =
+        joined(comm, large_p, {as_row(worst_case(m.net, large_p.mine.x, large_p.mine.y, large).robust)}).front();
+    row["masking"] = {{"transfer_from_standard_robust_accuracy", share_of_first(flags[3], ensemble_n)},
                       {"large_eps", s.large_eps_factor * eps},
-                      {"large_eps_points", large_p.x.dim(0)},
-                      {"large_eps_robust_accuracy", large_report.accuracy()}};
+                      {"large_eps_points", large_p.count},
+                      {"large_eps_robust_accuracy", share_of_first(large_robust, large_p.count)}};
     log_line("Table 1, " + m.label + ": clean " + fmt(100 * row["clean_accuracy"].template get<double>()) +
-             "%, l2-PGA-10 at eps " + fmt(eps) + ": " + fmt(100 * pga_report.accuracy()) + "% (" +
-             fmt(pga_seconds, 3) + " s); on the first " + std::to_string(ensemble_n) + ": PGA-10 " +
-             fmt(100 * share(pga_report.robust, ensemble_n)) + "%, APGD-CE " +
-             fmt(100 * share(survives_apgd_ce, ensemble_n)) + "%, ensemble " + fmt(100 * ensemble.accuracy()) +
-             "% (" + fmt(ensemble_seconds, 3) + " s)");
+             "%, l2-PGA-10 at eps " + fmt(eps) + ": " + fmt(100 * pga_accuracy) + "% (" + fmt(pga_seconds, 3) +
+             " s); on the first " + std::to_string(ensemble_n) + ": PGA-10 " +
+             fmt(100 * share_of_first(pga_robust, ensemble_n)) + "%, APGD-CE " +
+             fmt(100 * share_of_first(flags[2], ensemble_n)) + "%, ensemble " +
+             fmt(100 * share_of_first(flags[0], ensemble_n)) + "% (" + fmt(ensemble_seconds, 3) + " s)");
     save();
   }
   stage_done("table1", start);
@@ -696,7 +792,7 @@ void run(settings s, Factory make_net, const dataset<T>& train_full, const datas
   start = clock_type::now();
   for (auto& m : models) {
     if (!in_figure_1(m.key)) continue;
-    results["figure1"][m.key] = spectrum_and_alignment(m.net, fig_p, eps, random::hash(s.seed, 0xf1, 0));
+    results["figure1"][m.key] = spectrum_and_alignment(comm, m.net, fig_p, eps, random::hash(s.seed, 0xf1, 0));
     log_line("Figure 1, " + m.label + ": sigma_1 clean " +
              fmt(results["figure1"][m.key]["clean_singular_values"]["mean"][0].template get<double>()) + ", alignment with v_1 " +
              fmt(results["figure1"][m.key]["alignment_by_rank"]["mean"][0].template get<double>()));
@@ -707,7 +803,7 @@ void run(settings s, Factory make_net, const dataset<T>& train_full, const datas
   for (auto& m : models) {
     if (!in_figures_2_3(m.key)) continue;
     const auto t0 = clock_type::now();
-    results["figure2"][m.key] = linearity_profile<l2>(m.net, profile_p, radii, random::hash(s.seed, 0xf2, 0));
+    results["figure2"][m.key] = linearity_profile<l2>(comm, m.net, profile_p, radii, random::hash(s.seed, 0xf2, 0));
     log_line("Figure 2, " + m.label + " (" + fmt(seconds_since(t0), 3) + " s)");
     save();
   }
@@ -717,7 +813,7 @@ void run(settings s, Factory make_net, const dataset<T>& train_full, const datas
   for (auto& m : models) {
     if (!in_figures_2_3(m.key)) continue;
     const auto t0 = clock_type::now();
-    results["figure3"][m.key] = robustness_curves<l2>(m.net, curve_p, curve_eps, random::hash(s.seed, 0xf3, 0));
+    results["figure3"][m.key] = robustness_curves<l2>(comm, m.net, curve_p, curve_eps, random::hash(s.seed, 0xf3, 0));
     log_line("Figure 3, " + m.label + " (" + fmt(seconds_since(t0), 3) + " s)");
     save();
   }
@@ -725,17 +821,19 @@ void run(settings s, Factory make_net, const dataset<T>& train_full, const datas
 
   if (s.linf_points > 0) {
     start = clock_type::now();
-    const points linf_p = first_points(test, s.linf_points);
+    const split_points linf_p = split_across(comm, first_points(test, s.linf_points));
     const std::vector<T> linf_radii = scaled(s.radius_factors, linf_eps);
     const std::vector<T> linf_curve_eps = scaled(s.curve_factors, linf_eps);
     results["figure4"]["radii"] = to_double(linf_radii);
     results["figure5"]["eps"] = to_double(linf_curve_eps);
-    results["meta"]["points"]["linf"] = linf_p.x.dim(0);
+    results["meta"]["points"]["linf"] = linf_p.count;
     for (auto& m : models) {
       if (!in_figures_4_5(m.key)) continue;
       const auto t0 = clock_type::now();
-      results["figure4"][m.key] = linearity_profile<linf>(m.net, linf_p, linf_radii, random::hash(s.seed, 0xf4, 0));
-      results["figure5"][m.key] = robustness_curves<linf>(m.net, linf_p, linf_curve_eps, random::hash(s.seed, 0xf5, 0));
+      results["figure4"][m.key] =
+          linearity_profile<linf>(comm, m.net, linf_p, linf_radii, random::hash(s.seed, 0xf4, 0));
+      results["figure5"][m.key] =
+          robustness_curves<linf>(comm, m.net, linf_p, linf_curve_eps, random::hash(s.seed, 0xf5, 0));
       log_line("Figures 4/5 (linf), " + m.label + " (" + fmt(seconds_since(t0), 3) + " s)");
       save();
     }
@@ -743,6 +841,7 @@ void run(settings s, Factory make_net, const dataset<T>& train_full, const datas
   }
   results["meta"]["complete"] = true;
   save();
+  if (folder) folder->keep();
   log_line("done: " + results_path.string());
 }
 
@@ -778,6 +877,7 @@ int main(int argc, char** argv) {
   std::optional<index_t> standard_epochs, standard_examples, finetune_examples, finetune_epochs, eps_points,
       robust_points, points_, profile_points, curve_points, linf_points, clean_points, ensemble_points;
   std::optional<int> apgd_targets;
+  std::optional<index_t> apgd_iterations;
   std::optional<double> eps, linf_eps, ddsnr_lambda, gsnr_lambda, standard_lr, finetune_lr;
   std::optional<bool> appendix;
   app.add_option("--standard-epochs", standard_epochs, "epochs of standard training")->check(cl::whole_number_at_least(1));
@@ -796,6 +896,12 @@ int main(int argc, char** argv) {
       ->check(cl::whole_number_at_least(1));
   app.add_option("--apgd-targets", apgd_targets, "APGD-T's target classes in the ensemble (AutoAttack: 9)")
       ->check(cl::whole_number_at_least(1));
+  app.add_option("--apgd-iterations", apgd_iterations,
+                 "iterations of each APGD in the ensemble (AutoAttack: 100; fewer only for quick checks)")
+      ->check(cl::whole_number_at_least(1));
+  app.add_flag("--distributed", s.distributed,
+               "run on the ranks of an MPI job (mpirun -np N reproduce --distributed ...): data-parallel training "
+               "and every measurement split across the ranks; needs a build with OPNORM_MPI=ON");
   app.add_option("--clean-points", clean_points, "test points for clean accuracy (0: the whole test set)")
       ->check(cl::whole_number_at_least(0));
   app.add_option("--points", points_, "test points for Figure 1")->check(cl::whole_number_at_least(2));
@@ -832,6 +938,7 @@ int main(int argc, char** argv) {
     if (robust_points) s.robust_points = *robust_points;
     if (ensemble_points) s.ensemble_points = *ensemble_points;
     if (apgd_targets) s.apgd_target_classes = *apgd_targets;
+    if (apgd_iterations) s.apgd_iterations = *apgd_iterations;
     if (points_) s.points = *points_;
     if (profile_points) s.profile_points = *profile_points;
     if (clean_points) s.clean_points = *clean_points;
@@ -856,42 +963,47 @@ int main(int argc, char** argv) {
       dir = "/usr/share/datasets/fashion-mnist";
     }
 
-    json results;
-    std::string command;
-    for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
-    results["meta"] = {{"program", "reproduce"},
-                       {"command", command},
-                       {"preset", s.preset},
-                       {"dataset", s.dataset},
-                       {"seed", s.seed},
-                       {"units", "eps, radii and distances are norms of perturbations of images with pixels in "
-                                 "[0, 1]; l2 unless marked linf"},
-                       {"complete", false}};
+    cl::run_job(s.distributed, argc, argv, "reproduce", [&](communicator& comm) {
+      logging_rank = comm.rank() == 0;
+      json results;
+      std::string command;
+      for (int i = 0; i < argc; ++i) command += (i ? " " : "") + std::string(argv[i]);
+      results["meta"] = {{"program", "reproduce"},
+                         {"command", command},
+                         {"preset", s.preset},
+                         {"dataset", s.dataset},
+                         {"seed", s.seed},
+                         {"units", "eps, radii and distances are norms of perturbations of images with pixels in "
+                                   "[0, 1]; l2 unless marked linf"},
+                         {"complete", false}};
 #ifdef _OPENMP
-    results["meta"]["threads"] = omp_get_max_threads();
+      results["meta"]["threads"] = omp_get_max_threads();
 #endif
-    results["settings"] = {{"standard_epochs", s.standard_epochs},     {"standard_examples", s.standard_examples},
-                           {"standard_lr", s.standard_lr},             {"finetune_examples", s.finetune_examples},
-                           {"finetune_epochs", s.finetune_epochs},     {"finetune_lr", s.finetune_lr},
-                           {"eps_points", s.eps_points},               {"robust_points", s.robust_points},
-                           {"ensemble_points", s.ensemble_points},     {"apgd_target_classes", s.apgd_target_classes},
-                           {"large_eps_factor", s.large_eps_factor},
-                           {"points", s.points}, {"profile_points", s.profile_points}, {"clean_points", s.clean_points},                       {"curve_points", s.curve_points},
-                           {"linf_points", s.linf_points},             {"ddsnr_lambda", s.ddsnr_lambda},
-                           {"gsnr_lambdas", s.gsnr_lambdas},           {"radius_factors", s.radius_factors},
-                           {"curve_factors", s.curve_factors},         {"appendix", s.appendix}};
-    log_line("reproduce: preset " + s.preset + ", " + s.dataset + ", output " + s.out);
-    if (s.dataset == "fashion-mnist") {
-      results["meta"]["network"] = "fmnist_cnn";
-      const auto train = load_fashion_mnist<T>(dir, split::train);
-      const auto test = load_fashion_mnist<T>(dir, split::test);
-      run<fmnist_cnn<T>>(s, [](std::uint64_t seed) { return make_fmnist_cnn<T>(seed); }, train, test, results);
-    } else {
-      results["meta"]["network"] = "cnn7";
-      const auto train = load_cifar10<T>(dir, split::train);
-      const auto test = load_cifar10<T>(dir, split::test);
-      run<cnn7<T>>(s, [](std::uint64_t seed) { return make_cnn7<T>(seed); }, train, test, results);
-    }
+      results["settings"] = {{"standard_epochs", s.standard_epochs},     {"standard_examples", s.standard_examples},
+                             {"standard_lr", s.standard_lr},             {"finetune_examples", s.finetune_examples},
+                             {"finetune_epochs", s.finetune_epochs},     {"finetune_lr", s.finetune_lr},
+                             {"eps_points", s.eps_points},               {"robust_points", s.robust_points},
+                             {"ensemble_points", s.ensemble_points},     {"apgd_target_classes", s.apgd_target_classes},
+                             {"apgd_iterations", s.apgd_iterations},
+                             {"large_eps_factor", s.large_eps_factor},
+                             {"points", s.points}, {"profile_points", s.profile_points}, {"clean_points", s.clean_points},                       {"curve_points", s.curve_points},
+                             {"linf_points", s.linf_points},             {"ddsnr_lambda", s.ddsnr_lambda},
+                             {"gsnr_lambdas", s.gsnr_lambdas},           {"radius_factors", s.radius_factors},
+                             {"curve_factors", s.curve_factors},         {"appendix", s.appendix}};
+      log_line("reproduce: preset " + s.preset + ", " + s.dataset + ", output " + s.out +
+               (comm.size() > 1 ? ", " + std::to_string(comm.size()) + " ranks" : std::string()));
+      if (s.dataset == "fashion-mnist") {
+        results["meta"]["network"] = "fmnist_cnn";
+        const auto train = load_fashion_mnist<T>(dir, split::train);
+        const auto test = load_fashion_mnist<T>(dir, split::test);
+        run<fmnist_cnn<T>>(comm, s, [](std::uint64_t seed) { return make_fmnist_cnn<T>(seed); }, train, test, results);
+      } else {
+        results["meta"]["network"] = "cnn7";
+        const auto train = load_cifar10<T>(dir, split::train);
+        const auto test = load_cifar10<T>(dir, split::test);
+        run<cnn7<T>>(comm, s, [](std::uint64_t seed) { return make_cnn7<T>(seed); }, train, test, results);
+      }
+    });
     return cl::exit_success;
   } catch (const cl::usage_error& e) {
     std::cerr << "reproduce: error: " << e.what() << " (see --help)\n";

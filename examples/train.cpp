@@ -73,11 +73,9 @@
 
 #include <opnorm/distributed/communicator.hpp>
 #include <opnorm/distributed/data_parallel.hpp>
-#if OPNORM_HAVE_MPI
-#include <opnorm/distributed/mpi.hpp>
-#endif
 
 #include "command_line.hpp"
+#include "distributed_job.hpp"
 
 namespace fs = std::filesystem;
 namespace cl = opnorm::command_line;
@@ -102,6 +100,7 @@ struct config {
   double gamma = 0.1;
   std::uint64_t seed = 0;
   index_t limit_train = 0;  // 0: the whole training set
+  index_t limit_test = 0;   // 0: the whole test set; not a trajectory setting (evaluation does not steer training)
   bool augment = false;
   int threads = 0;          // 0: OpenMP's default
   std::string out = "out";
@@ -311,12 +310,14 @@ void with_method(const config& c, Model& model, F&& f) {
 
 template <class Communicator, class Model>
 void train_model(Communicator& comm, Model& model, const char* model_name, config c, const dataset<float>& train_full,
-                 const dataset<float>& test) {
+                 const dataset<float>& test_full) {
   const bool root = comm.rank() == 0;
   distributed::communicator_statistics_reducer<Communicator> reducer(comm);
   if (comm.size() > 1 && c.batch_norm == "synchronized") distributed::synchronize_batch_norm(model, &reducer);
   const dataset<float> train =
       c.limit_train > 0 && c.limit_train < train_full.size() ? subset(train_full, 0, c.limit_train) : train_full;
+  const dataset<float> test =
+      c.limit_test > 0 && c.limit_test < test_full.size() ? subset(test_full, 0, c.limit_test) : test_full;
   if (!c.init.empty()) {
     load_checkpoint(model, c.init);
     if (root) std::cerr << "initialized from " << c.init << '\n';
@@ -523,6 +524,10 @@ int main(int argc, char** argv) {
   app.add_option("--limit-train", c.limit_train, "train on the first N examples only (0: all)")
       ->check(cl::whole_number_at_least(0))
       ->capture_default_str();
+  app.add_option("--limit-test", c.limit_test,
+                 "evaluate on the first N test examples only, after every epoch and at the end (0: all)")
+      ->check(cl::whole_number_at_least(0))
+      ->capture_default_str();
   app.add_flag("--augment", c.augment, "random crops (padding 4 on CIFAR-10, 2 on Fashion-MNIST) and flips");
   app.add_option("--threads", c.threads, "OpenMP threads (default: OMP_NUM_THREADS or all cores)")
       ->check(cl::whole_number_at_least(1));
@@ -580,30 +585,7 @@ int main(int argc, char** argv) {
         throw cl::usage_error("--dataset cifar10 needs --data-dir (the cifar-10-batches-bin folder or its parent)");
       dir = default_fashion_mnist_dir;
     }
-    if (c.distributed) {
-#if OPNORM_HAVE_MPI
-      distributed::mpi_session session(argc, argv);
-      distributed::mpi_communicator world;
-      // One communicator type for both modes: the training code is compiled once.
-      distributed::any_communicator comm(world);
-      try {
-        dispatch_backend(comm, c, dir);
-      } catch (const std::exception& e) {
-        // The other ranks may be waiting in a collective: end the whole
-        // job, with this rank's message, instead of leaving them hanging.
-        const bool usage = dynamic_cast<const cl::usage_error*>(&e) != nullptr;
-        std::cerr << "train: error on rank " << world.rank() << " of " << world.size() << ": " << e.what()
-                  << (usage ? " (see --help)" : "") << '\n';
-        MPI_Abort(world.native(), usage ? cl::exit_usage : cl::exit_failure);
-      }
-#else
-      throw cl::usage_error("--distributed needs a build with MPI (cmake -DOPNORM_MPI=ON; Debian: libopenmpi-dev)");
-#endif
-    } else {
-      distributed::single_process one;
-      distributed::any_communicator comm(one);
-      dispatch_backend(comm, c, dir);
-    }
+    cl::run_job(c.distributed, argc, argv, "train", [&](auto& comm) { dispatch_backend(comm, c, dir); });
     return cl::exit_success;
   } catch (const cl::usage_error& e) {
     std::cerr << "train: error: " << e.what() << " (see --help)\n";

@@ -8,7 +8,7 @@
 #
 # Builds the targets into $OPNORM_FUZZ_BUILD_DIR (default build-fuzz), writes
 # fresh seed corpora there with tests/fuzz/make_seeds.cpp, and runs the
-# targets one after another, each on its own copy of its seeds. Prints the
+# targets, one per core at a time, each on its own copy of its seeds. Prints the
 # executions per target; exits non-zero if any target found a crash, leak,
 # sanitizer report, timeout or out-of-memory, and prints the path of the
 # input that triggered it (kept under <build>/artifacts/; replay it with
@@ -79,10 +79,11 @@ trap 'rm -rf "$scratch"' EXIT
 mkdir -p "$build/artifacts" "$build/logs"
 export UBSAN_OPTIONS="print_stacktrace=1${UBSAN_OPTIONS:+:$UBSAN_OPTIONS}"
 
-failed=()
-printf '%-22s %12s %8s  %s\n' target executions exec/s result
-for t in "${targets[@]}"; do
-  work="$build/work/$t"
+# One target per core at a time (each libFuzzer process is single-threaded),
+# each on its own copy of its seeds; the table is printed in target order
+# once all have finished.
+fuzz_target() {  # fuzz_target <target>: runs it, leaves its log and exit status
+  local t="$1" work="$build/work/$1" largest max_len status=0
   rm -rf "$work"
   mkdir -p "$work/corpus"
   cp "$build/seeds/$t/"* "$work/corpus/"
@@ -90,15 +91,27 @@ for t in "${targets[@]}"; do
   # 3.5 MB, a training checkpoint with SGD momentum 7 MB) and 64 KiB at least.
   largest=$(find "$work/corpus" -type f -printf '%s\n' | sort -n | tail -1)
   max_len=$(( largest + 4096 > 65536 ? largest + 4096 : 65536 ))
-  log="$build/logs/$t.log"
-  status=0
   (cd "$work" && TMPDIR="$scratch" "$build/fuzz_$t" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
-     -max_len="$max_len" -print_final_stats=1 -artifact_prefix="$build/artifacts/$t-" corpus) >"$log" 2>&1 || status=$?
+     -max_len="$max_len" -print_final_stats=1 -artifact_prefix="$build/artifacts/$t-" corpus) \
+    >"$build/logs/$t.log" 2>&1 || status=$?
+  echo "$status" >"$build/logs/$t.status"
+}
+for t in "${targets[@]}"; do
+  fuzz_target "$t" &
+  while [ "$(jobs -rp | wc -l)" -ge "$(nproc)" ]; do wait -n || true; done
+done
+wait
+
+failed=()
+printf '%-22s %12s %8s  %s\n' target executions exec/s result
+for t in "${targets[@]}"; do
+  log="$build/logs/$t.log"
+  status=$(cat "$build/logs/$t.status" 2>/dev/null || echo "?")
   runs=$(sed -n 's/^Done \([0-9]*\) runs in .*/\1/p' "$log" | tail -1)
   # No "Done" line after a finding: libFuzzer's final statistics still count.
   [ -n "$runs" ] || runs=$(sed -n 's/^stat::number_of_executed_units: *\([0-9]*\).*/\1/p' "$log" | tail -1)
   rate=$(sed -n 's/^stat::average_exec_per_sec: *\([0-9]*\).*/\1/p' "$log" | tail -1)
-  if [ "$status" -eq 0 ] && grep -q '^Done [0-9]* runs' "$log"; then
+  if [ "$status" = 0 ] && grep -q '^Done [0-9]* runs' "$log"; then
     printf '%-22s %12s %8s  %s\n' "fuzz_$t" "$runs" "${rate:-?}" ok
   else
     printf '%-22s %12s %8s  %s\n' "fuzz_$t" "${runs:--}" "${rate:--}" "FOUND SOMETHING (exit $status), log: $log"

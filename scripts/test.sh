@@ -15,7 +15,14 @@
 #     to stay within its time budget.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Each stage's wall time goes to stderr, so a slow CI run says where its time went.
+stage_start=$SECONDS
+stage_done() {
+  echo "opnorm: $1 took $((SECONDS - stage_start)) s" >&2
+  stage_start=$SECONDS
+}
 bash scripts/install_dependencies.sh test
+stage_done "installing the dependencies"
 build="${OPNORM_BUILD_DIR:-build}"
 
 # The APGD cross-check (tests/apgd_crosscheck.py) runs torchattacks 3.5.1,
@@ -42,6 +49,7 @@ torchattacks_python=/usr/bin/python3
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DOPNORM_BUILD_BENCHMARKS=OFF -DOPNORM_MPI=ON \
   -DOPNORM_TORCHATTACKS_PYTHON="$torchattacks_python" >/dev/null
 cmake --build "$build" -j "$(nproc)"
+stage_done "the host build"
 
 nvcc_path="$(command -v nvcc || true)"
 [ -n "$nvcc_path" ] || [ ! -x /usr/local/cuda/bin/nvcc ] || nvcc_path=/usr/local/cuda/bin/nvcc
@@ -53,6 +61,7 @@ else
     -DOPNORM_BUILD_BENCHMARKS=OFF >/dev/null
   cmake --build "$cuda_build" -j "$(nproc)" --target opnorm_cuda_ci
   (cd "$cuda_build" && ctest --output-on-failure -R '^cuda_')
+  stage_done "the CUDA build and its tests"
 fi
 
 # The libFuzzer targets of tests/fuzz/ (IDX, CIFAR-10, safetensors, model and
@@ -60,5 +69,9 @@ fi
 # `bash scripts/fuzz.sh SECONDS` does at length (docs/reliability.md). It
 # installs clang-14 and its sanitizer runtimes itself.
 bash scripts/fuzz.sh "${OPNORM_FUZZ_SECONDS:-20}"
+stage_done "fuzzing"
 
-(cd "$build" && ctest --output-on-failure -j "$(nproc)")
+status=0
+(cd "$build" && ctest --output-on-failure -j "$(nproc)") || status=$?
+stage_done "the host tests"
+exit "$status"

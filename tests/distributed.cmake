@@ -19,7 +19,8 @@ endif()
 # kill one rank of `mpirun -np 2 train --distributed` mid-epoch, and the job
 # stops with mpirun's error instead of hanging, then resumes from its last
 # checkpoint on 2 ranks and on 1; `attack --distributed` on 2 ranks prints
-# one process's accuracies.
+# one process's accuracies; a small `reproduce --distributed` on 2 ranks
+# measures the models both runs share exactly as one process does.
 if(OPNORM_MPI AND OPNORM_BUILD_EXAMPLES)
   add_test(NAME distributed_programs
            COMMAND bash ${CMAKE_CURRENT_SOURCE_DIR}/programs/check_distributed_programs.sh $<TARGET_FILE_DIR:train>

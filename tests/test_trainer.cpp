@@ -608,6 +608,32 @@ TEST_CASE("fit checks its inputs before the first step") {
   CHECK(optimizer.steps() == 0);
 }
 
+TEST_CASE("shard_of lays the ranks' shards end to end; in one process join_shards and fractions_over_ranks are "
+          "the identity") {
+  for (int size : {1, 2, 3, 7}) {
+    index_t next = 0;
+    for (int rank = 0; rank < size; ++rank) {
+      const distributed::shard s = distributed::shard_of(23, rank, size);
+      CHECK(s.begin == next);
+      CHECK(s.size() >= 23 / size);
+      CHECK(s.size() <= 23 / size + 1);
+      next = s.end;
+    }
+    CHECK(next == 23);
+  }
+  CHECK_THROWS_AS(distributed::shard_of(10, 2, 2), std::invalid_argument);
+
+  distributed::single_process one;
+  const distributed::shard all = distributed::shard_of(4, 0, 1);
+  const std::vector<std::vector<double>> rows = {{1, 0, 1, 1}, {0.25, -3, 7.5, 1e-300}};
+  CHECK(distributed::join_shards(one, all, 4, rows) == rows);
+  CHECK(distributed::fractions_over_ranks(one, all, 4, {0.75, 0.25, 0.0}) == std::vector<double>{0.75, 0.25, 0.0});
+  CHECK_THROWS_WITH_AS(distributed::join_shards(one, all, 4, {{1, 0, 1}}),
+                       doctest::Contains("row 0 has 3 values for a shard of 4 examples"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(distributed::fractions_over_ranks(one, all, 5, {0.5}),
+                       doctest::Contains("the shards hold 4 examples, the set 5"), std::runtime_error);
+}
+
 TEST_CASE_TEMPLATE("softmax cross-entropy: gradient matches finite differences in double", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(19);
   std::normal_distribution<double> normal(0.0, 3.0);

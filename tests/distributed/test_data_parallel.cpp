@@ -16,12 +16,20 @@
 //    shards' gradients, each computed in one process;
 //  * the averaged gradient does not depend on the bucket size;
 //  * distributed evaluation equals single-process evaluation;
+//  * an attack split across the ranks, its per-example results joined
+//    (join_shards) and its accuracies summed (fractions_over_ranks), equals
+//    the attack in one process on every example: success flags and
+//    accuracies to the last bit, the attack loss to 1e-12 relative (a
+//    point's arithmetic depends on its batch's size through the GEMM's
+//    blocking; measured 2e-16); ranks that pass different numbers of rows
+//    are refused on every rank;
 //  * callbacks wrapped in on_root act on rank 0 only, and rank 0's request
 //    to stop reaches every rank;
 //  * a bad batch size is refused on every rank with the same message.
 #define DOCTEST_CONFIG_IMPLEMENT
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <random>
 #include <string>
@@ -242,6 +250,63 @@ TEST_CASE("distributed evaluation equals single-process evaluation") {
   CHECK(parallel.examples == 301);
   CHECK(parallel.correct == single.correct);
   CHECK(parallel.loss == doctest::Approx(single.loss).epsilon(1e-13));
+}
+
+TEST_CASE("an attack split across the ranks and joined equals the attack in one process") {
+  auto& comm = world();
+  const index_t n = 37;  // odd: the shards differ by one
+  const dataset<T> data = synthetic<T>(n, 12);
+  conv_net model = make_conv_net(4);
+  attack_options<T> o;
+  o.eps = T(2);
+  o.iterations = 5;
+  o.seed = 77;
+  auto attack = make_pga<l2>(model, o);
+  const auto whole = attack(data.images, data.labels);
+
+  const distributed::shard mine = distributed::shard_of(n, comm.rank(), comm.size());
+  const dataset<T> part = subset(data, mine.begin, mine.size());
+  const auto local = attack(part.images, part.labels);
+  // Per-example values: success flags, and the attack loss at x*, which
+  // differs from point to point by O(1), so a value joined into the wrong
+  // place would be far outside the bound.
+  std::vector<double> local_success(local.success.begin(), local.success.end());
+  std::vector<double> local_loss(local.loss.begin(), local.loss.end());
+  const auto joined = distributed::join_shards(comm, mine, n, {local_success, local_loss});
+  REQUIRE(joined.size() == 2);
+  REQUIRE(joined[0].size() == static_cast<std::size_t>(n));
+  REQUIRE(joined[1].size() == static_cast<std::size_t>(n));
+  int flag_mismatches = 0, successes = 0;
+  double worst_loss_difference = 0;
+  for (index_t i = 0; i < n; ++i) {
+    const auto k = static_cast<std::size_t>(i);
+    if (joined[0][k] != static_cast<double>(whole.success[k])) ++flag_mismatches;
+    successes += whole.success[k];
+    worst_loss_difference =
+        std::max(worst_loss_difference, std::abs(joined[1][k] - whole.loss[k]) / std::abs(whole.loss[k]));
+  }
+  CHECK(flag_mismatches == 0);
+  CHECK(successes > 0);
+  CHECK(successes < n);
+  MESSAGE("largest relative difference of the joined attack loss: " << worst_loss_difference);
+  CHECK(worst_loss_difference <= 1e-12);
+
+  const std::vector<double> one_process = robust_accuracy<l2>(model, o, data.images, data.labels, {T(0), T(2)});
+  const std::vector<double> over_ranks = distributed::fractions_over_ranks(
+      comm, mine, n, robust_accuracy<l2>(model, o, part.images, part.labels, {T(0), T(2)}));
+  REQUIRE(over_ranks.size() == 2);
+  CHECK(over_ranks[0] == one_process[0]);
+  CHECK(over_ranks[1] == one_process[1]);
+  CHECK(over_ranks[1] < over_ranks[0]);  // the attack breaks some points, so the sum is not trivially all or none
+}
+
+TEST_CASE("join_shards refuses ranks that measured different numbers of rows, on every rank") {
+  auto& comm = world();
+  const distributed::shard mine = distributed::shard_of(10, comm.rank(), comm.size());
+  const std::vector<double> row(static_cast<std::size_t>(mine.size()), 1.0);
+  std::vector<std::vector<double>> rows(comm.rank() == 0 ? 1 : 2, row);
+  CHECK_THROWS_WITH_AS(distributed::join_shards(comm, mine, 10, rows),
+                       doctest::Contains("the ranks measured different numbers of rows"), std::runtime_error);
 }
 
 TEST_CASE("broadcast_state gives every rank rank 0's state") {

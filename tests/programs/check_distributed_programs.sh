@@ -9,11 +9,18 @@
 #   3. `mpirun -np 2 train --distributed --resume` completes the run;
 #   4. the same checkpoint also resumes in one process (any number of ranks);
 #   5. `mpirun -np 2 attack --distributed` reports the clean and robust
-#      accuracies that one process reports (the images split across ranks).
+#      accuracies that one process reports (the images split across ranks);
+#   6. `mpirun -np 2 reproduce --distributed`, a small reproduction from the
+#      trained model, measures the untrained and standard models as one
+#      process does (counts to the last bit, continuous values to rounding),
+#      and every curve of every model covers all of its points
+#      (compare_reproductions.py); a test set with fewer points than ranks is
+#      refused with exit 2.
 #
-# Usage: check_distributed_programs.sh <folder with train> <scratch folder> <mpiexec>
+# Usage: check_distributed_programs.sh <folder with train, attack and reproduce> <scratch folder> <mpiexec>
 # Skipped (77) without Fashion-MNIST.
 set -uo pipefail
+here="$(cd "$(dirname "$0")" && pwd)"
 bin="$(cd "$1" && pwd)"
 work="$2"
 mpiexec="$3"
@@ -29,7 +36,8 @@ mkdir -p "$work"
 cd "$work"
 fail() { echo "FAILED: $*"; exit 1; }
 
-run=(--distributed --limit-train 1024 --batch-size 64 --epochs 2 --checkpoint-every 4 --progress-every 4)
+# Evaluation on 1000 test images keeps the epochs short; it does not steer training.
+run=(--distributed --limit-train 1024 --limit-test 1000 --batch-size 64 --epochs 2 --checkpoint-every 4 --progress-every 4)
 
 # 1. Start the job and wait for a checkpoint written inside the first epoch.
 "$mpiexec" -np 2 --oversubscribe "$bin/train" "${run[@]}" --out run >job.out 2>job.err &
@@ -70,14 +78,14 @@ ls run | grep -q '\.tmp' && fail "a temporary checkpoint file was left behind: $
 cp run/last.safetensors checkpoint.safetensors
 
 # 3. Resume on two ranks and finish.
-"$mpiexec" -np 2 --oversubscribe "$bin/train" --distributed --resume run/last.safetensors --out run \
+"$mpiexec" -np 2 --oversubscribe "$bin/train" --distributed --resume run/last.safetensors --limit-test 1000 --out run \
   >resume2.out 2>resume2.err || { cat resume2.err; fail "resuming on 2 ranks failed"; }
 grep -q "test accuracy" resume2.out || fail "the resumed 2-rank run printed no result"
 [ -f run/final.safetensors ] || fail "the resumed 2-rank run wrote no final.safetensors"
 echo "ok: resumed on 2 ranks: $(cat resume2.out)"
 
 # 4. The same checkpoint, resumed in one process.
-"$bin/train" --resume checkpoint.safetensors --out single >resume1.out 2>resume1.err ||
+"$bin/train" --resume checkpoint.safetensors --limit-test 1000 --out single >resume1.out 2>resume1.err ||
   { cat resume1.err; fail "resuming in one process failed"; }
 grep -q "test accuracy" resume1.out || fail "the resumed 1-process run printed no result"
 echo "ok: resumed in one process: $(cat resume1.out)"
@@ -93,3 +101,27 @@ grep "accuracy" attack2.out >attack2.numbers
 diff attack1.numbers attack2.numbers || fail "the 2-rank attack's accuracies differ from one process's"
 grep -q "2 ranks" attack2.out || fail "the 2-rank attack does not say it ran on 2 ranks"
 echo "ok: attack on 2 ranks agrees with one process: $(tr '\n' ' ' <attack2.numbers)"
+
+# 6. A small reproduction from the trained model, in one process and on 2 ranks.
+reproduce=(--preset quick --standard-checkpoint run/final.safetensors --finetune-examples 128 --clean-points 400
+  --eps 1.5 --gsnr-lambda 1 --eps-points 16 --robust-points 24 --ensemble-points 8 --apgd-targets 1
+  --apgd-iterations 10 --points 6 --profile-points 6 --curve-points 12)
+"$bin/reproduce" "${reproduce[@]}" --out reproduce1 >reproduce1.out 2>reproduce1.err ||
+  { cat reproduce1.err; fail "reproduce in one process failed"; }
+"$mpiexec" -np 2 --oversubscribe "$bin/reproduce" --distributed "${reproduce[@]}" --out reproduce2 \
+  >reproduce2.out 2>reproduce2.err || { cat reproduce2.err; fail "reproduce on 2 ranks failed"; }
+python3 "$here/compare_reproductions.py" reproduce1/results.json reproduce2/results.json 2 || fail "see above"
+[ "$(grep -c "Table 1, Standard" reproduce2.err)" = 1 ] || fail "the 2-rank reproduction did not log exactly once"
+ls reproduce2/models | grep -q '\.tmp' && fail "a temporary file was left behind: $(ls reproduce2/models)"
+[ "$(ls reproduce2/models | wc -l)" = "$(ls reproduce1/models | wc -l)" ] ||
+  fail "the 2-rank reproduction wrote $(ls reproduce2/models | wc -l) models, one process $(ls reproduce1/models | wc -l)"
+echo "ok: reproduce on 2 ranks: $(tail -1 reproduce2.err)"
+
+"$mpiexec" -np 2 --oversubscribe "$bin/reproduce" --distributed "${reproduce[@]}" --linf-points 1 --out too_few \
+  >too_few.out 2>too_few.err
+status=$?
+[ "$status" = 2 ] || { cat too_few.err; fail "too few points for the ranks exited $status, expected 2"; }
+grep -q "reproduce: error on rank [01] of 2: --linf-points 1 is fewer than the 2 ranks of the job" too_few.err ||
+  { cat too_few.err; fail "no clear message for too few points"; }
+[ ! -e too_few ] || fail "the refused run left its output folder behind"
+echo "ok: too few points for the ranks is refused: $(grep -m1 "error on rank" too_few.err)"

@@ -37,16 +37,14 @@ struct eps_selection {
   std::optional<T> eps;                 // the smallest grid eps meeting the fraction; none if no eps does
 };
 
-/// Attacks x with PGA in Norm (base options; eps set from the grid, untargeted)
-/// at every grid point and applies the rule above.
-template <class Norm = l2, class Model>
-eps_selection<typename Model::scalar> select_attack_eps(Model& model, const attack_options<typename Model::scalar>& base,
-                                                        const typename Model::tensor_type& x,
-                                                        const label_tensor<typename Model::backend_type>& labels,
-                                                        const std::vector<typename Model::scalar>& grid,
-                                                        double fraction = default_misclassified_fraction,
-                                                        index_t batch_size = 256) {
-  using T = typename Model::scalar;
+/// The rule above applied to robust accuracies already measured on n
+/// examples at each grid eps (robust_accuracy[k] at grid[k]); what
+/// select_attack_eps does after its attacks, and what a caller that
+/// measured the accuracies itself (split across the ranks of a job, say)
+/// calls directly.
+template <class T>
+eps_selection<T> apply_eps_rule(const std::vector<T>& grid, const std::vector<double>& robust_accuracy, index_t n,
+                                double fraction = default_misclassified_fraction) {
   if (grid.empty()) throw std::invalid_argument("opnorm::analysis::select_attack_eps: the eps grid is empty");
   for (std::size_t k = 0; k < grid.size(); ++k) {
     if (!(grid[k] >= T(0))) throw std::invalid_argument("opnorm::analysis::select_attack_eps: eps must be non-negative");
@@ -57,20 +55,35 @@ eps_selection<typename Model::scalar> select_attack_eps(Model& model, const atta
   if (!(fraction > 0.0 && fraction <= 1.0))
     throw std::invalid_argument("opnorm::analysis::select_attack_eps: fraction must lie in (0, 1], got " +
                                 std::to_string(fraction));
-  const index_t n = x.dim(0);
-  if (n == 0) throw std::invalid_argument("opnorm::analysis::select_attack_eps: no examples");
-
+  if (n <= 0) throw std::invalid_argument("opnorm::analysis::select_attack_eps: no examples");
+  if (robust_accuracy.size() != grid.size())
+    throw std::invalid_argument("opnorm::analysis::apply_eps_rule: " + std::to_string(robust_accuracy.size()) +
+                                " accuracies for a grid of " + std::to_string(grid.size()));
   eps_selection<T> out;
   out.grid = grid;
   out.fraction = fraction;
-  out.robust_accuracy = robust_accuracy<Norm>(model, base, x, labels, grid, batch_size);
+  out.robust_accuracy = robust_accuracy;
   for (std::size_t k = 0; k < grid.size(); ++k) {
     // Back to the integer count, so the comparison is the exact (n - correct) / n.
-    const auto correct = static_cast<index_t>(std::llround(out.robust_accuracy[k] * static_cast<double>(n)));
+    const auto correct = static_cast<index_t>(std::llround(robust_accuracy[k] * static_cast<double>(n)));
     out.misclassified.push_back(static_cast<double>(n - correct) / static_cast<double>(n));
     if (!out.eps && out.misclassified.back() >= fraction) out.eps = grid[k];
   }
   return out;
+}
+
+/// Attacks x with PGA in Norm (base options; eps set from the grid, untargeted)
+/// at every grid point and applies the rule above.
+template <class Norm = l2, class Model>
+eps_selection<typename Model::scalar> select_attack_eps(Model& model, const attack_options<typename Model::scalar>& base,
+                                                        const typename Model::tensor_type& x,
+                                                        const label_tensor<typename Model::backend_type>& labels,
+                                                        const std::vector<typename Model::scalar>& grid,
+                                                        double fraction = default_misclassified_fraction,
+                                                        index_t batch_size = 256) {
+  // The inputs are checked before the attacks run, not after.
+  apply_eps_rule(grid, std::vector<double>(grid.size(), 0.0), x.dim(0), fraction);
+  return apply_eps_rule(grid, robust_accuracy<Norm>(model, base, x, labels, grid, batch_size), x.dim(0), fraction);
 }
 
 }  // namespace opnorm::analysis

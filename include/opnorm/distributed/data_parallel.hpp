@@ -7,6 +7,8 @@
 //   broadcast_state(comm, state)     rank 0's parameters, buffers and counters everywhere
 //   gradient_averager                sum_r c_r g_r over ranks, c_r = n_r / N, in buckets
 //   reduce_batch_result(comm, r)     one step's loss, correct and examples over ranks
+//   join_shards(comm, mine, n, rows) per-example values of every rank's shard, on every rank
+//   fractions_over_ranks(comm, ...)  shares of a shard (accuracies) as shares of all examples
 //   synchronize_batch_norm(model, r) SyncBatchNorm for every BatchNorm layer
 //   on_root(comm, callback)          a callback that acts on rank 0 only
 //
@@ -15,6 +17,7 @@
 // sum_r (n_r / N) g_r; with equal shards that is PyTorch DDP's average, and
 // with a smaller last batch it is still the single-process gradient.
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -201,6 +204,71 @@ batch_result reduce_batch_result(Communicator& comm, const batch_result& local) 
   global.examples = static_cast<index_t>(counts[1]);
   global.loss = global.examples > 0 ? loss_sum / static_cast<double>(global.examples) : 0.0;
   return global;
+}
+
+/// Per-example measurements of a test set split with shard_of, joined: row
+/// k of local holds this rank's values for its examples [mine.begin,
+/// mine.end); the result's row k holds all count examples' values in
+/// example order, on every rank. Measurements that need whole rows (means,
+/// standard errors, the worst case over attacks) are then computed as if
+/// one process had measured every example.
+///
+/// Exact: each entry is summed from its owner's value and zeros from the
+/// other ranks. Every rank must pass the same number of rows; a rank that
+/// does not makes every rank throw, since the row counts are compared
+/// before anything is joined.
+template <class Communicator>
+std::vector<std::vector<double>> join_shards(Communicator& comm, const shard& mine, index_t count,
+                                             const std::vector<std::vector<double>>& local) {
+  static_assert(check_communicator<Communicator>());
+  const auto rows = static_cast<std::int64_t>(local.size());
+  for (std::size_t k = 0; k < local.size(); ++k)
+    if (static_cast<index_t>(local[k].size()) != mine.size())
+      throw std::invalid_argument("opnorm::distributed::join_shards: row " + std::to_string(k) + " has " +
+                                  std::to_string(local[k].size()) + " values for a shard of " +
+                                  std::to_string(mine.size()) + " examples");
+  if (mine.begin < 0 || mine.end > count || mine.begin > mine.end)
+    throw std::invalid_argument("opnorm::distributed::join_shards: the shard [" + std::to_string(mine.begin) + ", " +
+                                std::to_string(mine.end) + ") lies outside " + std::to_string(count) + " examples");
+  std::int64_t total_rows = rows;
+  comm.all_reduce_sum(&total_rows, 1);
+  if (total_rows != rows * comm.size())
+    throw std::runtime_error("opnorm::distributed::join_shards: the ranks measured different numbers of rows (" +
+                             std::to_string(total_rows) + " over " + std::to_string(comm.size()) + " ranks, " +
+                             std::to_string(rows) + " here)");
+  const auto n = static_cast<std::size_t>(count);
+  std::vector<double> joined(static_cast<std::size_t>(rows) * n, 0.0);
+  for (std::size_t k = 0; k < local.size(); ++k)
+    std::copy(local[k].begin(), local[k].end(), joined.begin() + static_cast<std::ptrdiff_t>(k * n + mine.begin));
+  if (!joined.empty()) comm.all_reduce_sum(joined.data(), static_cast<index_t>(joined.size()));
+  std::vector<std::vector<double>> out(local.size());
+  for (std::size_t k = 0; k < out.size(); ++k)
+    out[k].assign(joined.begin() + static_cast<std::ptrdiff_t>(k * n),
+                  joined.begin() + static_cast<std::ptrdiff_t>((k + 1) * n));
+  return out;
+}
+
+/// Fractions measured on this rank's shard (accuracies: correct / shard
+/// size), as fractions of all count examples of the split set, on every
+/// rank. Exact: each fraction goes back to its integer count (count /
+/// size * size rounds to count), the counts are summed over ranks, and
+/// only the sum is divided. Every rank passes as many fractions.
+template <class Communicator>
+std::vector<double> fractions_over_ranks(Communicator& comm, const shard& mine, index_t count,
+                                         const std::vector<double>& local) {
+  static_assert(check_communicator<Communicator>());
+  std::vector<std::int64_t> counts(local.size() + 1);
+  for (std::size_t k = 0; k < local.size(); ++k)
+    counts[k] = std::llround(local[k] * static_cast<double>(mine.size()));
+  counts.back() = mine.size();  // the shards must cover the set exactly once
+  comm.all_reduce_sum(counts.data(), static_cast<index_t>(counts.size()));
+  if (counts.back() != count)
+    throw std::runtime_error("opnorm::distributed::fractions_over_ranks: the shards hold " +
+                             std::to_string(counts.back()) + " examples, the set " + std::to_string(count));
+  std::vector<double> out(local.size());
+  for (std::size_t k = 0; k < out.size(); ++k)
+    out[k] = count > 0 ? static_cast<double>(counts[k]) / static_cast<double>(count) : 0.0;
+  return out;
 }
 
 namespace detail {

@@ -49,6 +49,7 @@ void run_job(bool distributed, int& argc, char**& argv, const std::string& progr
   }
 #else
   (void)argc;
+  (void)program;
   (void)argv;
   throw usage_error("--distributed needs a build with MPI (cmake -DOPNORM_MPI=ON; Debian: libopenmpi-dev)");
 #endif

@@ -37,14 +37,11 @@ struct eps_selection {
   std::optional<T> eps;                 // the smallest grid eps meeting the fraction; none if no eps does
 };
 
-/// The rule above applied to robust accuracies already measured on n
-/// examples at each grid eps (robust_accuracy[k] at grid[k]); what
-/// select_attack_eps does after its attacks, and what a caller that
-/// measured the accuracies itself (split across the ranks of a job, say)
-/// calls directly.
+namespace detail {
+/// The rule's inputs: a non-empty, strictly ascending grid of non-negative
+/// eps, a fraction in (0, 1] and at least one example.
 template <class T>
-eps_selection<T> apply_eps_rule(const std::vector<T>& grid, const std::vector<double>& robust_accuracy, index_t n,
-                                double fraction = default_misclassified_fraction) {
+void check_eps_rule_inputs(const std::vector<T>& grid, index_t n, double fraction) {
   if (grid.empty()) throw std::invalid_argument("opnorm::analysis::select_attack_eps: the eps grid is empty");
   for (std::size_t k = 0; k < grid.size(); ++k) {
     if (!(grid[k] >= T(0))) throw std::invalid_argument("opnorm::analysis::select_attack_eps: eps must be non-negative");
@@ -56,6 +53,18 @@ eps_selection<T> apply_eps_rule(const std::vector<T>& grid, const std::vector<do
     throw std::invalid_argument("opnorm::analysis::select_attack_eps: fraction must lie in (0, 1], got " +
                                 std::to_string(fraction));
   if (n <= 0) throw std::invalid_argument("opnorm::analysis::select_attack_eps: no examples");
+}
+}  // namespace detail
+
+/// The rule above applied to robust accuracies already measured on n
+/// examples at each grid eps (robust_accuracy[k] at grid[k]); what
+/// select_attack_eps does after its attacks, and what a caller that
+/// measured the accuracies itself (split across the ranks of a job, say)
+/// calls directly.
+template <class T>
+eps_selection<T> apply_eps_rule(const std::vector<T>& grid, const std::vector<double>& robust_accuracy, index_t n,
+                                double fraction = default_misclassified_fraction) {
+  detail::check_eps_rule_inputs(grid, n, fraction);
   if (robust_accuracy.size() != grid.size())
     throw std::invalid_argument("opnorm::analysis::apply_eps_rule: " + std::to_string(robust_accuracy.size()) +
                                 " accuracies for a grid of " + std::to_string(grid.size()));
@@ -81,8 +90,7 @@ eps_selection<typename Model::scalar> select_attack_eps(Model& model, const atta
                                                         const std::vector<typename Model::scalar>& grid,
                                                         double fraction = default_misclassified_fraction,
                                                         index_t batch_size = 256) {
-  // The inputs are checked before the attacks run, not after.
-  apply_eps_rule(grid, std::vector<double>(grid.size(), 0.0), x.dim(0), fraction);
+  detail::check_eps_rule_inputs(grid, x.dim(0), fraction);  // before the attacks run, not after
   return apply_eps_rule(grid, robust_accuracy<Norm>(model, base, x, labels, grid, batch_size), x.dim(0), fraction);
 }
 

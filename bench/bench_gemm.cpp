@@ -15,7 +15,8 @@
 //
 // Every benchmark reports GFLOP/s (2 m n k per product, the multiply-adds
 // the GEMMs actually do) as the counter "GFLOPS". docs/performance.md
-// compares the conv GEMMs with the limit.
+// compares the conv GEMMs with the limit. bench_gemm_blas (OPNORM_BLAS=ON)
+// measures the same through backend::cpu_blas, OpenBLAS's GEMMs.
 //
 //   OMP_NUM_THREADS=2 build/bench/bench_gemm --benchmark_counters_tabular=true
 #include <cstdint>
@@ -26,12 +27,20 @@
 #include <benchmark/benchmark.h>
 
 #include <opnorm/backend/cpu.hpp>
+#ifdef OPNORM_BENCH_CPU_BLAS
+#include <opnorm/backend/cpu_blas.hpp>
+#endif
 #include <opnorm/nn/layers/conv2d.hpp>
 
 namespace {
 
 using namespace opnorm;
-using ops = backend_ops<backend::cpu>;
+#ifdef OPNORM_BENCH_CPU_BLAS
+using bench_backend = backend::cpu_blas;
+#else
+using bench_backend = backend::cpu;
+#endif
+using ops = backend_ops<bench_backend>;
 
 std::vector<float> random_floats(index_t n, std::uint64_t seed) {
   std::mt19937_64 rng(seed);

@@ -76,6 +76,8 @@
 #include <cuda_runtime.h>
 
 #include <opnorm/backend/thrust.hpp>
+#elif defined(OPNORM_BENCH_CPU_BLAS)
+#include <opnorm/backend/cpu_blas.hpp>
 #endif
 
 namespace {
@@ -86,6 +88,9 @@ using T = float;
 #if defined(__CUDACC__)
 using bench_backend = backend::thrust_cuda;
 constexpr const char* backend_name = "thrust<cuda>";
+#elif defined(OPNORM_BENCH_CPU_BLAS)
+using bench_backend = backend::cpu_blas;  // bench_steps_blas (OPNORM_BLAS=ON)
+constexpr const char* backend_name = "cpu_blas";
 #else
 using bench_backend = backend::cpu;
 constexpr const char* backend_name = "cpu";

@@ -13,8 +13,9 @@ case "$purpose" in
   # needs torchattacks, which scripts/test.sh installs with pip into a venv
   # over these packages (python3-venv); torchattacks imports scipy.
   # OpenMPI: the data-parallel tests run under mpirun (tests/distributed.cmake).
+  # OpenBLAS (its OpenMP build): backend::cpu_blas is built and checked against cpu.
   test) packages+=(python3 python3-torch python3-numpy python3-scipy python3-venv dataset-fashion-mnist
-                   libopenmpi-dev openmpi-bin) ;;
+                   libopenmpi-dev openmpi-bin libopenblas-openmp-dev) ;;
   # scripts/sanitize.sh: the test suite built by clang 14 with its sanitizer
   # runtimes and LLVM's libomp, whose Archer tool makes OpenMP visible to TSan.
   sanitize) packages+=(python3 python3-torch python3-numpy python3-scipy python3-venv dataset-fashion-mnist

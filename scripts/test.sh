@@ -7,6 +7,8 @@
 #  3. the libFuzzer targets, 20 s each (scripts/fuzz.sh).
 #  The host build has OPNORM_MPI=ON: OpenMPI from Debian, and the data-parallel
 #  tests run by ctest under `mpirun -np 2` on loopback (tests/distributed.cmake).
+#  It also has OPNORM_BLAS=ON: backend::cpu_blas (OpenBLAS's GEMMs) is checked
+#  against cpu by test_backend_agreement_blas.
 #  The CUDA build, its test and the fuzzing come before the host tests run, so that the
 #  run ends with the host suite's summary (on a machine without a GPU the
 #  CUDA summary would otherwise be the last word, saying only "skipped").
@@ -46,7 +48,7 @@ fi
 torchattacks_python=/usr/bin/python3
 [ ! -x "$venv/bin/python" ] || torchattacks_python="$venv/bin/python"
 
-cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DOPNORM_BUILD_BENCHMARKS=OFF -DOPNORM_MPI=ON \
+cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DOPNORM_BUILD_BENCHMARKS=OFF -DOPNORM_MPI=ON -DOPNORM_BLAS=ON \
   -DOPNORM_TORCHATTACKS_PYTHON="$torchattacks_python" >/dev/null
 cmake --build "$build" -j "$(nproc)"
 stage_done "the host build"

@@ -34,6 +34,14 @@ foreach(header ${_opnorm_headers})
     endif()
     set(_extra " -I${_opnorm_nccl_headers}")
   endif()
+  # backend/cpu_blas.hpp needs cblas.h: checked with the CBLAS that
+  # OPNORM_BLAS found, and not at all otherwise.
+  if(header STREQUAL "opnorm/backend/cpu_blas.hpp")
+    if(NOT OPNORM_BLAS)
+      continue()
+    endif()
+    set(_extra " -I${OPNORM_CBLAS_INCLUDE_DIR}")
+  endif()
   add_test(NAME header_${_name}
     COMMAND sh -c "echo '#include <${header}>' | ${CMAKE_CXX_COMPILER} -std=c++17 -fopenmp -fsyntax-only -x c++ -I${PROJECT_SOURCE_DIR}/include -I${_opnorm_eigen_dirs} ${_opnorm_cccl}${_extra} -")
 endforeach()

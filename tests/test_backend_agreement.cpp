@@ -11,7 +11,9 @@
 // host, so the weights are identical bits on every backend.
 //
 // On the host this runs over the Thrust host systems; a CUDA build compiles
-// this same file with -DOPNORM_AGREEMENT_BACKENDS=opnorm::backend::thrust_cuda.
+// this same file with -DOPNORM_AGREEMENT_BACKENDS=opnorm::backend::thrust_cuda,
+// and a build with OPNORM_BLAS=ON compiles it as test_backend_agreement_blas
+// for backend::cpu_blas (the cpu backend with OpenBLAS's GEMMs).
 #ifndef OPNORM_AGREEMENT_BACKENDS
 #define OPNORM_AGREEMENT_BACKENDS opnorm::backend::thrust_omp, opnorm::backend::thrust_cpp
 #endif
@@ -31,6 +33,9 @@
 #include <opnorm/kernel/attacks.hpp>
 #include <opnorm/backend/cpu.hpp>
 #include <opnorm/backend/thrust.hpp>
+#ifdef OPNORM_HAVE_BLAS
+#include <opnorm/backend/cpu_blas.hpp>
+#endif
 #include <opnorm/nn/losses.hpp>
 #include <opnorm/methods/adversarial.hpp>
 #include <opnorm/methods/data_dependent_snr.hpp>

@@ -1,7 +1,7 @@
 #pragma once
 // opnorm: adversarial training, global and data-dependent spectral norm
 // regularization as one power-iteration kernel. The one header users include.
-#include "backend/cpu.hpp"
+#include "backend/cpu.hpp"  // backend::cpu_blas is backend/cpu_blas.hpp (needs cblas.h)
 #include "core/tensor.hpp"
 #include "core/mode.hpp"
 #include "core/random.hpp"

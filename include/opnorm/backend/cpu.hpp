@@ -4,7 +4,8 @@
 // backend::cpu is an empty tag; backend_ops<cpu> below is the whole of the
 // backend (the vocabulary is listed in backend.hpp). It decides on its own
 // when a piece of work is worth waking OpenMP threads for, so layers never
-// do.
+// do. backend::cpu_blas (cpu_blas.hpp) is the same backend with its GEMMs
+// through a BLAS: both are detail::host_ops with another GEMM kernel.
 #include <xtensor/xtensor.hpp>
 
 #ifdef _OPENMP
@@ -22,8 +23,11 @@ struct cpu {
 };
 }  // namespace backend
 
-template <>
-struct backend_ops<backend::cpu> : backend::eigen::host_memory_ops</*threaded=*/true> {
+namespace backend::detail {
+
+/// Everything of the cpu backend but the choice of GEMM kernel.
+template <class Kernel>
+struct host_ops : eigen::host_memory_ops</*threaded=*/true, Kernel> {
   // Tensors on the cpu backend are flat xtensor containers (aligned, SIMD-friendly).
   template <class T>
   using storage = xt::xtensor<T, 1>;
@@ -88,5 +92,10 @@ struct backend_ops<backend::cpu> : backend::eigen::host_memory_ops</*threaded=*/
     for (index_t i = 0; i < n; ++i) f(i);
   }
 };
+
+}  // namespace backend::detail
+
+template <>
+struct backend_ops<backend::cpu> : backend::detail::host_ops<backend::eigen::gemm_kernel> {};
 
 }  // namespace opnorm

@@ -1,7 +1,13 @@
 #pragma once
-// Row-major GEMMs on host memory through Eigen, shared by every backend whose
-// memory the host can read (cpu, thrust<omp>, thrust<cpp>). `threaded` says
+// Row-major GEMMs on host memory, shared by every backend whose memory the
+// host can read (cpu, cpu_blas, thrust<omp>, thrust<cpp>). `threaded` says
 // whether batches may be spread over OpenMP threads.
+//
+// One GEMM is a kernel policy's job: a type with a static
+// gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc) for
+// float and double, row-major. eigen::gemm_kernel (below) is the default;
+// cblas::gemm_kernel (backend/cpu_blas.hpp) calls a BLAS. The batched forms
+// and their threading are written once, for any kernel.
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -74,22 +80,32 @@ inline void gemm(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T 
     C.noalias() += alpha * A.transpose() * B.transpose();
 }
 
+/// The default kernel policy: one call into Eigen.
+struct gemm_kernel {
+  template <class T>
+  static void gemm(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a, index_t lda,
+                   const T* b, index_t ldb, T beta, T* c, index_t ldc) {
+    eigen::gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  }
+};
+
 /// count independent GEMMs C_i = alpha op(A_i) op(B_i) + beta C_i, with
 /// A_i = a + i*stride_a and so on. A stride of 0 shares one operand.
-template <class T>
+template <class Kernel, class T>
 inline void gemm_batched(bool threaded, bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha,
                          const T* a, index_t lda, index_t stride_a, const T* b, index_t ldb, index_t stride_b,
                          T beta, T* c, index_t ldc, index_t stride_c, index_t count) {
   const int threads = worth_threads(m * n * k * count) ? available_threads(threaded) : 1;
   run_tasks(threads, count, [&](index_t i) {
-    gemm(trans_a, trans_b, m, n, k, alpha, a + i * stride_a, lda, b + i * stride_b, ldb, beta, c + i * stride_c, ldc);
+    Kernel::gemm(trans_a, trans_b, m, n, k, alpha, a + i * stride_a, lda, b + i * stride_b, ldb, beta,
+                 c + i * stride_c, ldc);
   });
 }
 
 /// C = alpha * sum_i op(A_i) op(B_i) + beta * C. The sum is split into a
 /// fixed number of contiguous chunks (one per thread) and the chunks are
 /// added in order, so the result is bit-reproducible for a given thread count.
-template <class T>
+template <class Kernel, class T>
 inline void gemm_batched_sum(bool threaded, bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha,
                              const T* a, index_t lda, index_t stride_a, const T* b, index_t ldb, index_t stride_b,
                              T beta, T* c, index_t ldc, index_t count) {
@@ -101,7 +117,7 @@ inline void gemm_batched_sum(bool threaded, bool trans_a, bool trans_b, index_t 
     p.setZero(m, n);
     const index_t begin = count * t / chunks, end = count * (t + 1) / chunks;
     for (index_t i = begin; i < end; ++i)
-      gemm(trans_a, trans_b, m, n, k, T(1), a + i * stride_a, lda, b + i * stride_b, ldb, T(1), p.data(), n);
+      Kernel::gemm(trans_a, trans_b, m, n, k, T(1), a + i * stride_a, lda, b + i * stride_b, ldb, T(1), p.data(), n);
   });
   mmap<T> C(c, m, n, Eigen::OuterStride<>(ldc));
   if (beta == T(0))
@@ -113,9 +129,9 @@ inline void gemm_batched_sum(bool threaded, bool trans_a, bool trans_b, index_t 
 
 /// The part of backend_ops that every backend on host memory shares: plain
 /// copies (host memory is the host's), host-side tasks on OpenMP threads and
-/// the three GEMMs through Eigen.
+/// the three GEMMs through the kernel policy (Eigen by default).
 /// `threaded` says whether batched GEMMs may use OpenMP threads.
-template <bool threaded>
+template <bool threaded, class Kernel = gemm_kernel>
 struct host_memory_ops {
   template <class T>
   static void copy(const T* src, index_t n, T* dst) {
@@ -152,20 +168,20 @@ struct host_memory_ops {
   template <class T>
   static void gemm(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a, index_t lda,
                    const T* b, index_t ldb, T beta, T* c, index_t ldc) {
-    eigen::gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    Kernel::gemm(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   }
   template <class T>
   static void gemm_batched(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a,
                            index_t lda, index_t stride_a, const T* b, index_t ldb, index_t stride_b, T beta, T* c,
                            index_t ldc, index_t stride_c, index_t count) {
-    eigen::gemm_batched(threaded, trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc,
+    eigen::gemm_batched<Kernel>(threaded, trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc,
                         stride_c, count);
   }
   template <class T>
   static void gemm_batched_sum(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a,
                                index_t lda, index_t stride_a, const T* b, index_t ldb, index_t stride_b, T beta, T* c,
                                index_t ldc, index_t count) {
-    eigen::gemm_batched_sum(threaded, trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c,
+    eigen::gemm_batched_sum<Kernel>(threaded, trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c,
                             ldc, count);
   }
 };

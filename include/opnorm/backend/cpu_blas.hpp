@@ -38,24 +38,29 @@ namespace cblas {
 ///
 /// Threads: inside opnorm's OpenMP regions an OpenMP BLAS runs on the calling
 /// thread. Outside them it would wake its threads for every call, however
-/// small; a GEMM below eigen::worth_threads's size runs on the calling thread
-/// instead (the batch-1 VJPs of a Jacobian took twice as long otherwise), as
-/// Eigen's small products do. Larger ones use the BLAS's threads.
+/// small. A GEMM below eigen::worth_threads's size, or shaped like a
+/// matrix-vector product (fewer than 4 rows or columns: the batch-1 passes
+/// of a Jacobian), runs on the calling thread instead, as Eigen's do; with
+/// the BLAS's threads, jac_svd took twice as long. Larger ones use the
+/// BLAS's threads.
 struct gemm_kernel {
   static void gemm(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, float alpha, const float* a,
                    index_t lda, const float* b, index_t ldb, float beta, float* c, index_t ldc) {
-    const calling_thread_only scope(!eigen::worth_threads(m * n * k));
+    const calling_thread_only scope(!worth_threads(m, n, k));
     cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, blas_int(m),
                 blas_int(n), blas_int(k), alpha, a, blas_int(lda), b, blas_int(ldb), beta, c, blas_int(ldc));
   }
   static void gemm(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, double alpha, const double* a,
                    index_t lda, const double* b, index_t ldb, double beta, double* c, index_t ldc) {
-    const calling_thread_only scope(!eigen::worth_threads(m * n * k));
+    const calling_thread_only scope(!worth_threads(m, n, k));
     cblas_dgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans, trans_b ? CblasTrans : CblasNoTrans, blas_int(m),
                 blas_int(n), blas_int(k), alpha, a, blas_int(lda), b, blas_int(ldb), beta, c, blas_int(ldc));
   }
 
  private:
+  static bool worth_threads(index_t m, index_t n, index_t k) {
+    return m >= 4 && n >= 4 && eigen::worth_threads(m * n * k);
+  }
   // While it lives, parallel regions opened by this thread (the BLAS's
   // included) get one thread, when `active`; the thread count is restored after.
   struct calling_thread_only {

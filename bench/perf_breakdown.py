@@ -18,8 +18,10 @@ import subprocess
 import sys
 
 GROUPS = [
-    # Eigen's GEMM: the micro-kernel, operand packing and GEMV.
-    ("conv and dense GEMMs (Eigen kernel + packing)", r"Eigen::internal::(gebp|gemm_pack|general_matrix)|eigen::gemm"),
+    # Eigen's GEMM (the micro-kernel, operand packing and GEMV), or
+    # OpenBLAS's kernels and copies under backend::cpu_blas.
+    ("conv and dense GEMMs (kernel + packing)",
+     r"Eigen::internal::(gebp|gemm_pack|general_matrix)|eigen::gemm|cblas::gemm_kernel::gemm|^\[\.\] [sd]gemm_|cblas_[sd]gemm"),
     # Winograd's transforms; convolve's own time is the output transform the
     # compiler inlined into it.
     ("conv Winograd transforms", r"winograd::|convolve_winograd|prepare_filter|winograd_vjp|conv2d<.*>::convolve\b"),

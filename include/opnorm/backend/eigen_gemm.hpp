@@ -174,15 +174,15 @@ struct host_memory_ops {
   static void gemm_batched(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a,
                            index_t lda, index_t stride_a, const T* b, index_t ldb, index_t stride_b, T beta, T* c,
                            index_t ldc, index_t stride_c, index_t count) {
-    eigen::gemm_batched<Kernel>(threaded, trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c, ldc,
-                        stride_c, count);
+    eigen::gemm_batched<Kernel>(threaded, trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta,
+                                c, ldc, stride_c, count);
   }
   template <class T>
   static void gemm_batched_sum(bool trans_a, bool trans_b, index_t m, index_t n, index_t k, T alpha, const T* a,
                                index_t lda, index_t stride_a, const T* b, index_t ldb, index_t stride_b, T beta, T* c,
                                index_t ldc, index_t count) {
-    eigen::gemm_batched_sum<Kernel>(threaded, trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b, beta, c,
-                            ldc, count);
+    eigen::gemm_batched_sum<Kernel>(threaded, trans_a, trans_b, m, n, k, alpha, a, lda, stride_a, b, ldb, stride_b,
+                                    beta, c, ldc, count);
   }
 };
 

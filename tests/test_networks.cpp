@@ -116,6 +116,50 @@ TEST_CASE_TEMPLATE("fmnist_cnn: forward_output_only gives forward's output bit f
   CHECK_NOTHROW(net.vjp(lean, gy, &g, false));
 }
 
+TEST_CASE_TEMPLATE("with_batch_statistics_of: at the lender's own input forward_output_only is the lender's output "
+                   "bit for bit, elsewhere a pass with the lender's statistics",
+                   B, OPNORM_TEST_BACKENDS) {
+  using net_t = fmnist_cnn<double, B>;
+  std::mt19937_64 rng(5);
+  auto net = make_fmnist_cnn<double, B>(5);
+  const auto x = random_images<B>({4, 1, 28, 28}, rng), x2 = random_images<B>({4, 1, 28, 28}, rng);
+  typename net_t::tape lender, lean, reference;
+  const auto clean = net.forward(x, lender, mode::train);
+  with_batch_statistics_of<net_t> view(net, lender);
+
+  // A fresh copy of x, not the lender's own buffer: equal values are what count.
+  const typename net_t::tensor_type x_copy = x;
+  const auto at_input = view.forward_output_only(x_copy, lean);
+  const auto computed = net.forward_output_only_with_statistics_of(x, reference, lender);
+  REQUIRE(at_input.shape() == clean.shape());
+  for (index_t i = 0; i < clean.size(); ++i) {
+    CHECK(at_input[i] == clean[i]);
+    CHECK(computed[i] == clean[i]);  // the shortcut changes no bit
+  }
+
+  const auto elsewhere = view.forward_output_only(x2, lean);
+  const auto expected = net.forward_output_only_with_statistics_of(x2, reference, lender);
+  bool differs_from_clean = false;
+  for (index_t i = 0; i < expected.size(); ++i) {
+    CHECK(elsewhere[i] == expected[i]);
+    differs_from_clean = differs_from_clean || elsewhere[i] != clean[i];
+  }
+  CHECK(differs_from_clean);
+
+  // One changed pixel takes the full pass, and so does a lender that did not
+  // run every layer: its output is not f(x), and the pass refuses the
+  // statistics it lacks.
+  auto nudged = x;
+  nudged[7] += 0.25;
+  const auto at_nudged = view.forward_output_only(nudged, lean);
+  const auto nudged_expected = net.forward_output_only_with_statistics_of(nudged, reference, lender);
+  for (index_t i = 0; i < nudged_expected.size(); ++i) CHECK(at_nudged[i] == nudged_expected[i]);
+  typename net_t::tape partial;
+  net.forward(x, partial, mode::train, 4);
+  with_batch_statistics_of<net_t> partial_view(net, partial);
+  CHECK_THROWS_AS(partial_view.forward_output_only(x, lean), std::invalid_argument);
+}
+
 TEST_CASE_TEMPLATE("fmnist_cnn in train mode (batch statistics): <J v, u> = <v, J^T u>", B, OPNORM_TEST_BACKENDS) {
   std::mt19937_64 rng(3);
   auto net = make_fmnist_cnn<double, B>(3);

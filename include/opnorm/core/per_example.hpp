@@ -72,6 +72,18 @@ void assign(const tensor<T, B>& src, tensor<T, B>& dst) {
   backend_ops<B>::copy(src.data(), src.size(), dst.data());
 }
 
+/// True when a and b have the same shape and equal entries (a NaN equals
+/// nothing, so a tensor holding one is never equal to anything).
+template <class T, class B>
+bool equal_values(const tensor<T, B>& a, const tensor<T, B>& b) {
+  if (a.shape() != b.shape()) return false;
+  const T* as = a.data();
+  const T* bs = b.data();
+  const double differing = backend_ops<B>::template sum<double>(
+      a.size(), [=] OPNORM_HD(index_t i) { return as[i] == bs[i] ? 0.0 : 1.0; });
+  return differing == 0;
+}
+
 /// Rows [begin, end) of x (examples begin..end-1) as a new tensor.
 template <class T, class B>
 tensor<T, B> slice_rows(const tensor<T, B>& x, index_t begin, index_t end) {

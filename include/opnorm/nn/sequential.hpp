@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "../core/per_example.hpp"
 #include "layers/layer.hpp"
 #include "layers/layer_concept.hpp"
 
@@ -50,6 +51,7 @@ class sequential {
     // False after forward_output_only: the intermediate activations were
     // overwritten, so the tape describes no point to differentiate at.
     bool differentiable = true;
+    std::size_t layers_run = depth;  // forward(..., until) ran layers [0, until) only
     const tensor_type& input() const { return activations.front(); }
     const tensor_type& output() const { return activations.back(); }
   };
@@ -89,6 +91,7 @@ class sequential {
                              std::size_t until = depth) {
     t.forward_mode = m;
     t.differentiable = true;
+    t.layers_run = until;
     t.activations[0].resize(x.shape());
     backend_ops<backend_type>::copy(x.data(), x.size(), t.activations[0].data());
     forward_layers(t, m, until, std::index_sequence_for<Layers...>{});
@@ -133,6 +136,7 @@ class sequential {
       throw std::invalid_argument("opnorm::sequential: statistics can only be borrowed from a train-mode pass");
     t.forward_mode = mode::train;
     t.differentiable = true;
+    t.layers_run = depth;
     t.activations[0].resize(x.shape());
     backend_ops<backend_type>::copy(x.data(), x.size(), t.activations[0].data());
     forward_layers_borrowing(t, lender, std::index_sequence_for<Layers...>{});
@@ -412,7 +416,14 @@ class with_batch_statistics_of {
   const tensor_type& forward(const tensor_type& x, tape& t, mode = mode::train) {
     return model_.forward_with_statistics_of(x, t, lender_);
   }
+  /// At the lender's own input this map is exactly the pass the lender
+  /// recorded (the same layers, the same statistics, the same arithmetic),
+  /// so its output is returned without a second pass: data-dependent SNR's
+  /// reference f(x) costs a comparison instead of a forward pass. Anywhere
+  /// else, a forward pass that keeps only the output.
   const tensor_type& forward_output_only(const tensor_type& x, tape& t, mode = mode::train) {
+    const bool complete_pass = lender_.differentiable && lender_.layers_run == Model::depth;
+    if (complete_pass && equal_values(x, lender_.input())) return lender_.output();
     return model_.forward_output_only_with_statistics_of(x, t, lender_);
   }
   void vjp(tape& t, const tensor_type& gy, tensor_type* gx, bool parameter_gradients) {

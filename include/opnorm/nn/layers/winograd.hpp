@@ -40,6 +40,8 @@
 //
 // The 1-d transforms are written out rather than stored as matrices: device
 // code cannot index a host array, and unrolled they are a handful of adds.
+#include <cstring>
+
 #include "../../backend/backend.hpp"
 #include "../../core/tensor.hpp"
 
@@ -149,10 +151,31 @@ void add_filter_adjoint(const T* du, index_t out, index_t in, T* weight_grad) {
 constexpr index_t block_tiles = 32;
 constexpr index_t block_span = 2 * block_tiles + 2;  // input columns a block of tiles reads
 
+/// dst[0, n) = src[0, n) for the short runs the transforms move (a row of
+/// a block, at most block_span values), as fixed-size copies. A plain copy
+/// loop is recognized as memcpy and compiled into `rep movsq`, whose
+/// start-up cost on runs this short took a third of
+/// transform_output_adjoint's time (docs/performance.md, change 10).
+template <class T>
+OPNORM_HD inline void copy_short(T* dst, const T* src, index_t n) {
+  index_t s = 0;
+  for (; s + 8 <= n; s += 8) std::memcpy(dst + s, src + s, 8 * sizeof(T));
+  if (s + 4 <= n) {
+    std::memcpy(dst + s, src + s, 4 * sizeof(T));
+    s += 4;
+  }
+  if (s + 2 <= n) {
+    std::memcpy(dst + s, src + s, 2 * sizeof(T));
+    s += 2;
+  }
+  if (s < n) dst[s] = src[s];
+}
+
 /// dst[s] = row[first + s] for s in [0, span), zero outside [0, width) and
 /// everywhere when the row itself lies outside the image.
-/// Three plain loops rather than one with a condition: the compiler turns
-/// the conditional copy into masked loads, which measured 3x slower.
+/// Separate zero fills and copy rather than one loop with a condition: the
+/// compiler turns the conditional copy into masked loads, which measured 3x
+/// slower.
 template <class T>
 OPNORM_HD inline void load_padded(const T* row, bool row_inside, index_t first, index_t width, index_t span,
                                   T* dst) {
@@ -160,7 +183,7 @@ OPNORM_HD inline void load_padded(const T* row, bool row_inside, index_t first, 
   if (end > span) end = span;
   if (!row_inside || end < begin) end = begin = span;  // also when [first, first + span) misses the row
   for (index_t s = 0; s < begin; ++s) dst[s] = T(0);
-  for (index_t s = begin; s < end; ++s) dst[s] = row[first + s];
+  copy_short(dst + begin, row + first + begin, end - begin);
   for (index_t s = end; s < span; ++s) dst[s] = T(0);
 }
 
@@ -303,7 +326,7 @@ void transform_output(const tiling& geo, const T* m, index_t channels, index_t c
         if (h >= Ho) continue;
         T* target = out + h * Wo + left;
         if (beta == T(0))
-          for (index_t s = 0; s < width; ++s) target[s] = result[r][s];
+          copy_short(target, result[r], width);
         else
           for (index_t s = 0; s < width; ++s) target[s] = beta * target[s] + result[r][s];
       }

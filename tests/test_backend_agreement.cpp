@@ -340,27 +340,38 @@ TEST_CASE_TEMPLATE("exact-JVP l2 power iteration on fmnist_cnn<double> gives the
 
 namespace {
 
-/// What the attack checks attack: fmnist_cnn<float> from the same seed on
+/// Attacks are compared in double. An attack's iterates pass kinks (ReLU
+/// and max-pool switches, the pixel box, the projection, early stops), and
+/// at a kink the float rounding of two GEMM implementations turns into a
+/// discrete difference: with cpu_blas (OpenBLAS) against cpu (Eigen), l2
+/// PGA's adversarial examples once differed by 5e-4 in float, from one such
+/// switch. In double the backends round 1e-16 apart, no iterate lands that
+/// close to a kink, and the comparison shows what it is meant to: that the
+/// backends compute the same attack. (Float agreement of every pass is
+/// checked above and by the one-step method checks below.)
+using attack_scalar = double;
+
+/// What the attack checks attack: fmnist_cnn<double> from the same seed on
 /// both sides, with non-trivial BatchNorm running statistics (the same on
 /// both sides), and 8 inputs labelled with the model's own clean
 /// predictions. With a small eps an attack then succeeds on some examples
 /// and fails on others: the flags carry information.
 template <class B>
 struct attack_setup {
-  fmnist_cnn<float, cpu> ref = make_fmnist_cnn<float, cpu>(41);
-  fmnist_cnn<float, B> dut = make_fmnist_cnn<float, B>(41);
-  tensor<float, cpu> x;
+  fmnist_cnn<attack_scalar, cpu> ref = make_fmnist_cnn<attack_scalar, cpu>(41);
+  fmnist_cnn<attack_scalar, B> dut = make_fmnist_cnn<attack_scalar, B>(41);
+  tensor<attack_scalar, cpu> x;
   label_tensor<cpu> y;
 
   attack_setup() {
     std::mt19937_64 rng(42);
-    const auto warmup = host_uniform<float>({8, 1, 28, 28}, rng, 0.0, 1.0);
-    typename fmnist_cnn<float, cpu>::tape tr;
-    typename fmnist_cnn<float, B>::tape td;
+    const auto warmup = host_uniform<attack_scalar>({8, 1, 28, 28}, rng, 0.0, 1.0);
+    typename fmnist_cnn<attack_scalar, cpu>::tape tr;
+    typename fmnist_cnn<attack_scalar, B>::tape td;
     ref.forward(warmup, tr, mode::train);
     dut.forward(moved<B>(warmup), td, mode::train);
     const index_t n = 8;
-    x = host_uniform<float>({n, 1, 28, 28}, rng, 0.0, 1.0);
+    x = host_uniform<attack_scalar>({n, 1, 28, 28}, rng, 0.0, 1.0);
     std::vector<std::int32_t> predicted;
     for (index_t c : argmax_rows(ref.predict(x))) predicted.push_back(static_cast<std::int32_t>(c));
     y = label_tensor<cpu>::from_vector({n}, predicted);
@@ -368,17 +379,17 @@ struct attack_setup {
 };
 
 /// The results of one attack on cpu (rr) and on B (rd): the same success
-/// flags, adversarial examples to 1e-5 and, where loss is asked for, the
-/// same per-example attack losses (1e-5 relative).
+/// flags, adversarial examples to 1e-10 and, where loss is asked for, the
+/// same per-example attack losses (1e-10 relative).
 template <class B>
-void check_results_agree(const attack_result<float, cpu>& rr, const attack_result<float, B>& rd, bool loss) {
+void check_results_agree(const attack_result<attack_scalar, cpu>& rr, const attack_result<attack_scalar, B>& rd, bool loss) {
   CHECK(rr.success == rd.success);
-  CHECK(max_abs_difference(rr.adversarial, rd.adversarial) <= 1e-5);
+  CHECK(max_abs_difference(rr.adversarial, rd.adversarial) <= 1e-10);
   if (loss) {
     const index_t n = static_cast<index_t>(rr.loss.size());
     REQUIRE(rd.loss.size() == rr.loss.size());
-    CHECK(relative_difference(tensor<float, cpu>::from_vector({n}, rr.loss),
-                              tensor<float, cpu>::from_vector({n}, rd.loss)) < 1e-5);
+    CHECK(relative_difference(tensor<attack_scalar, cpu>::from_vector({n}, rr.loss),
+                              tensor<attack_scalar, cpu>::from_vector({n}, rd.loss)) < 1e-10);
   }
   // Not a property of B: says when a change elsewhere made the flags all
   // equal, so that eps needs retuning for the comparison to mean something.
@@ -388,9 +399,9 @@ void check_results_agree(const attack_result<float, cpu>& rr, const attack_resul
 
 /// PGA with two restarts, from the same seed on both sides.
 template <class Norm, class B>
-void check_attack_agrees(float eps) {
+void check_attack_agrees(attack_scalar eps) {
   attack_setup<B> s;
-  attack_options<float> o;
+  attack_options<attack_scalar> o;
   o.eps = eps;
   o.iterations = 5;
   o.restarts = 2;
@@ -403,9 +414,9 @@ void check_attack_agrees(float eps) {
 /// APGD (Loss: softmax_cross_entropy for APGD-CE, targeted_dlr for APGD-T
 /// over 3 target classes), 5 iterations, from the same seed on both sides.
 template <class Norm, class Loss, class B>
-void check_apgd_agrees(float eps) {
+void check_apgd_agrees(attack_scalar eps) {
   attack_setup<B> s;
-  apgd_options<float> o;
+  apgd_options<attack_scalar> o;
   o.eps = eps;
   o.iterations = 5;
   o.target_classes = 3;
@@ -417,38 +428,38 @@ void check_apgd_agrees(float eps) {
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("l2 pga with 2 restarts gives the same success flags as cpu and adversarial examples to 1e-5", B,
+TEST_CASE_TEMPLATE("l2 pga with 2 restarts gives the same success flags as cpu and adversarial examples to 1e-10", B,
                    OPNORM_AGREEMENT_BACKENDS) {
-  check_attack_agrees<l2, B>(1.0f);  // succeeds on 6 of 8 examples on cpu
+  check_attack_agrees<l2, B>(1.0);  // succeeds on 6 of 8 examples on cpu
 }
 
-TEST_CASE_TEMPLATE("linf pga with 2 restarts gives the same success flags as cpu and adversarial examples to 1e-5",
+TEST_CASE_TEMPLATE("linf pga with 2 restarts gives the same success flags as cpu and adversarial examples to 1e-10",
                    B, OPNORM_AGREEMENT_BACKENDS) {
-  check_attack_agrees<linf, B>(0.04f);  // succeeds on 4 of 8 examples on cpu
+  check_attack_agrees<linf, B>(0.04);  // succeeds on 5 of 8 examples on cpu
 }
 
-TEST_CASE_TEMPLATE("l2 apgd-ce gives the same success flags as cpu, adversarial examples to 1e-5 and losses to 1e-5 "
-                   "relative",
+TEST_CASE_TEMPLATE("l2 apgd-ce gives the same success flags as cpu, adversarial examples to 1e-10 and losses to "
+                   "1e-10 relative",
                    B, OPNORM_AGREEMENT_BACKENDS) {
-  check_apgd_agrees<l2, softmax_cross_entropy, B>(0.75f);  // succeeds on 3 of 8 examples on cpu
+  check_apgd_agrees<l2, softmax_cross_entropy, B>(0.75);  // succeeds on 3 of 8 examples on cpu
 }
 
-TEST_CASE_TEMPLATE("linf apgd-ce gives the same success flags as cpu, adversarial examples to 1e-5 and losses to "
-                   "1e-5 relative",
+TEST_CASE_TEMPLATE("linf apgd-ce gives the same success flags as cpu, adversarial examples to 1e-10 and losses to "
+                   "1e-10 relative",
                    B, OPNORM_AGREEMENT_BACKENDS) {
-  check_apgd_agrees<linf, softmax_cross_entropy, B>(0.05f);  // succeeds on 6 of 8 examples on cpu
+  check_apgd_agrees<linf, softmax_cross_entropy, B>(0.05);  // succeeds on 6 of 8 examples on cpu
 }
 
-TEST_CASE_TEMPLATE("l2 apgd-t gives the same success flags as cpu, adversarial examples to 1e-5 and losses to 1e-5 "
-                   "relative",
+TEST_CASE_TEMPLATE("l2 apgd-t gives the same success flags as cpu, adversarial examples to 1e-10 and losses to "
+                   "1e-10 relative",
                    B, OPNORM_AGREEMENT_BACKENDS) {
-  check_apgd_agrees<l2, targeted_dlr, B>(0.6f);  // succeeds on 5 of 8 examples on cpu
+  check_apgd_agrees<l2, targeted_dlr, B>(0.6);  // succeeds on 4 of 8 examples on cpu
 }
 
-TEST_CASE_TEMPLATE("linf apgd-t gives the same success flags as cpu, adversarial examples to 1e-5 and losses to "
-                   "1e-5 relative",
+TEST_CASE_TEMPLATE("linf apgd-t gives the same success flags as cpu, adversarial examples to 1e-10 and losses to "
+                   "1e-10 relative",
                    B, OPNORM_AGREEMENT_BACKENDS) {
-  check_apgd_agrees<linf, targeted_dlr, B>(0.03f);  // succeeds on 4 of 8 examples on cpu
+  check_apgd_agrees<linf, targeted_dlr, B>(0.03);  // succeeds on 3 of 8 examples on cpu
 }
 
 // ---------------------------------------------------------------- methods
@@ -521,8 +532,8 @@ TEST_CASE_TEMPLATE("data_dependent_snr<l2> accumulate_gradients in float: same l
 
 // --------------------------------------------------------------- training
 
-TEST_CASE_TEMPLATE("fmnist_cnn trained 20 sgd-momentum steps (standard, float) ends with the same parameters "
-                   "and running statistics as on cpu, to 1e-4",
+TEST_CASE_TEMPLATE("fmnist_cnn trained 20 sgd-momentum steps (standard, double) ends with the same parameters "
+                   "and running statistics as on cpu, to 1e-10",
                    B, OPNORM_AGREEMENT_BACKENDS) {
   // The cpu backend splits conv2d's weight gradient into one partial sum per
   // OpenMP worker and adds them in worker order (conv2d.hpp), so its rounding
@@ -531,23 +542,30 @@ TEST_CASE_TEMPLATE("fmnist_cnn trained 20 sgd-momentum steps (standard, float) e
   // the bound (5.8e-4 on a running mean with 2 threads, as the TSan pass of
   // scripts/sanitize.sh runs it): both sides run one worker, so that what is
   // compared is the backends, not the thread counts.
+  //
+  // In double, for the reason the attack checks above give: a training
+  // trajectory crosses ReLU and max-pool switches, and there float rounding
+  // differences turn discrete. With cpu_blas against cpu the float
+  // parameters agreed to 9e-8 for six steps, jumped to 9e-6 at the seventh
+  // (one switch) and reached 1.5e-4 by the twentieth. The one-step float
+  // checks of the methods above cover float.
   one_openmp_thread single_worker;
-  auto ref = make_fmnist_cnn<float, cpu>(61);
-  auto dut = make_fmnist_cnn<float, B>(61);
+  auto ref = make_fmnist_cnn<double, cpu>(61);
+  auto dut = make_fmnist_cnn<double, B>(61);
   std::mt19937_64 rng(62);
   const index_t n = 16;
-  const auto x = host_uniform<float>({n, 1, 28, 28}, rng, 0.0, 1.0);
+  const auto x = host_uniform<double>({n, 1, 28, 28}, rng, 0.0, 1.0);
   const auto y = host_labels(n, 10, rng);
   const auto xd = moved<B>(x);
   const auto yd = moved<B>(y);
   sgd_options so;
   so.learning_rate = 0.01;
   so.momentum = 0.9;
-  sgd<float, cpu> opt_r(ref, so);
-  sgd<float, B> opt_d(dut, so);
+  sgd<double, cpu> opt_r(ref, so);
+  sgd<double, B> opt_d(dut, so);
   standard method;
-  typename fmnist_cnn<float, cpu>::tape tr;
-  typename fmnist_cnn<float, B>::tape td;
+  typename fmnist_cnn<double, cpu>::tape tr;
+  typename fmnist_cnn<double, B>::tape td;
   for (int step = 0; step < 20; ++step) {
     ref.zero_grad();
     dut.zero_grad();
@@ -556,6 +574,6 @@ TEST_CASE_TEMPLATE("fmnist_cnn trained 20 sgd-momentum steps (standard, float) e
     opt_r.step(ref);
     opt_d.step(dut);
   }
-  check_state_agrees(ref.state(), dut.state(), entries::parameters, 1e-4);
-  check_state_agrees(ref.state(), dut.state(), entries::buffers, 1e-4);
+  check_state_agrees(ref.state(), dut.state(), entries::parameters, 1e-10);
+  check_state_agrees(ref.state(), dut.state(), entries::buffers, 1e-10);
 }

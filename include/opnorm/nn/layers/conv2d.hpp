@@ -370,8 +370,11 @@ class conv2d : public detail::weight_and_bias<T, Backend> {
     p.chunk = winograd_chunk(g);
     p.chunks = (g.batch + p.chunk - 1) / p.chunk;
     p.workers = std::min<index_t>(backend_ops<Backend>::task_workers(), p.chunks);
-    p.in_size = detail::winograd::positions * in_ * p.chunk * p.geo.tiles();
-    p.out_size = detail::winograd::positions * out_ * p.chunk * p.geo.tiles();
+    // Each worker's share ends in stream_slack values: the transforms read
+    // whole packs past a plane's last tile (and mask them off), and the
+    // slack keeps those reads inside the worker's own share.
+    p.in_size = detail::winograd::positions * in_ * p.chunk * p.geo.tiles() + detail::winograd::stream_slack<T>;
+    p.out_size = detail::winograd::positions * out_ * p.chunk * p.geo.tiles() + detail::winograd::stream_slack<T>;
     c.tiles_in.resize({p.workers * p.in_size});
     c.tiles_out.resize({p.workers * p.out_size});
     return p;

@@ -43,6 +43,7 @@
 #include <cstring>
 
 #include "../../backend/backend.hpp"
+#include "../../detail/simd.hpp"
 #include "../../core/tensor.hpp"
 
 namespace opnorm::detail::winograd {
@@ -141,26 +142,50 @@ void add_filter_adjoint(const T* du, index_t out, index_t in, T* weight_grad) {
   });
 }
 
-// The four tile transforms below work on one row of tiles at a time, in
-// blocks of up to block_tiles tiles: the rows of the block's input (or
-// output) are copied into a small zero-padded buffer, the transform runs
-// along rows and along columns as straight loops over the block (which the
-// compiler vectorizes), and each of the 16 positions is a contiguous run in
-// its own stream of V, M, dV or dM. (Transforming tile by tile instead
-// gathers 16 scattered values per tile and costs several times more.)
-constexpr index_t block_tiles = 32;
-constexpr index_t block_span = 2 * block_tiles + 2;  // input columns a block of tiles reads
+// The four tile transforms below work in blocks of block_tiles<T> tiles of
+// one tile row, one simd pack (detail/simd.hpp) per position of the 4x4
+// tile: 8 tiles in float, 4 in double. A block's 16 packs go to (or come
+// from) the 16 position streams of V, M, dV or dM with one store (or load)
+// each. (Transforming tile by tile instead gathers 16 scattered values per
+// tile and costs several times more; loops over the tiles of a row stayed
+// scalar on short rows and cost twice what packs do.)
+//
+// Lanes past the row's end. A block always computes a whole pack, even
+// where the row has fewer tiles left (fmnist_cnn's rows have 14 and 7). Its
+// lanes past the row's end then hold the first tiles of the next row, and a
+// block writes them as a whole only where that next row is written later by
+// the same task (block_fits): the next row overwrites them. At the plane's
+// end only the valid lanes move, so no task touches another's plane and
+// nothing outside the buffers is read or written.
+//
+// Windows. The input transform and the output adjoint read the image, and
+// the input adjoint adds into it, through a window: a zero-padded copy of
+// the rows and columns a band of tile rows reads (or writes), held in a
+// local array of window_values entries. The padding is then data, and
+// every block reads its window rows at fixed offsets.
+template <class T>
+constexpr index_t block_tiles = simd::lanes<T>;
+/// Values a buffer of V, M, dV or dM must hold past its last stream, which
+/// a block at the end of the last plane reads (and masks off).
+template <class T>
+constexpr index_t stream_slack = block_tiles<T>;
+constexpr index_t window_values = 4096;
+constexpr index_t band_max_cols = 64;  // tile columns per band: at least 14 tile rows fit any band
 
-/// dst[0, n) = src[0, n) for the short runs the transforms move (a row of
-/// a block, at most block_span values), as fixed-size copies. A plain copy
-/// loop is recognized as memcpy and compiled into `rep movsq`, whose
-/// start-up cost on runs this short took a third of
-/// transform_output_adjoint's time (docs/performance.md, change 10).
+/// dst[0, n) = src[0, n) for n < 2 packs (the valid lanes of a block, or
+/// the valid columns of a block's output row), without a loop. Copy loops
+/// this short are recognized as memcpy and become library calls or `rep
+/// movsq`, whose start-up cost took a third of transform_output_adjoint's
+/// time (docs/performance.md, change 10).
 template <class T>
 OPNORM_HD inline void copy_short(T* dst, const T* src, index_t n) {
+  constexpr index_t L = simd::lanes<T>;
   index_t s = 0;
-  for (; s + 8 <= n; s += 8) std::memcpy(dst + s, src + s, 8 * sizeof(T));
-  if (s + 4 <= n) {
+  if (s + L <= n) {
+    simd::store(dst + s, simd::load(src + s));
+    s += L;
+  }
+  if (L > 4 && s + 4 <= n) {
     std::memcpy(dst + s, src + s, 4 * sizeof(T));
     s += 4;
   }
@@ -172,19 +197,30 @@ OPNORM_HD inline void copy_short(T* dst, const T* src, index_t n) {
 }
 
 /// dst[s] = row[first + s] for s in [0, span), zero outside [0, width) and
-/// everywhere when the row itself lies outside the image.
-/// Separate zero fills and copy rather than one loop with a condition: the
-/// compiler turns the conditional copy into masked loads, which measured 3x
-/// slower.
+/// everywhere when the row itself lies outside the image, a pack at a time:
+/// packs wholly inside are copied, packs wholly outside zeroed, and the (at
+/// most two) packs across an edge are zeroed, then get their valid values. It writes up to
+/// span rounded up to a whole pack. (As separate zero fills and copy, the
+/// loops became memset and memcpy calls; as one loop with a condition per
+/// value, masked loads 3x slower.)
 template <class T>
 OPNORM_HD inline void load_padded(const T* row, bool row_inside, index_t first, index_t width, index_t span,
                                   T* dst) {
+  constexpr index_t L = simd::lanes<T>;
   index_t begin = first < 0 ? -first : 0, end = width - first;
   if (end > span) end = span;
   if (!row_inside || end < begin) end = begin = span;  // also when [first, first + span) misses the row
-  for (index_t s = 0; s < begin; ++s) dst[s] = T(0);
-  copy_short(dst + begin, row + first + begin, end - begin);
-  for (index_t s = end; s < span; ++s) dst[s] = T(0);
+  for (index_t s = 0; s < span; s += L) {
+    if (s >= begin && s + L <= end) {
+      simd::store(dst + s, simd::load(row + first + s));
+    } else if (s >= end || s + L <= begin) {
+      simd::store(dst + s, simd::zero<T>());
+    } else {
+      const index_t from = s > begin ? s : begin, to = s + L < end ? s + L : end;
+      simd::store(dst + s, simd::zero<T>());
+      copy_short(dst + from, row + first + from, to - from);
+    }
+  }
 }
 
 // Where the `count` examples of a chunk, `channels` planes each, keep their
@@ -201,96 +237,186 @@ struct tile_streams {
   }
 };
 
-/// f(ti, tj0, nt) for each block of a plane: tile row ti, tiles tj0 ..
-/// tj0 + nt - 1 of that row, nt <= block_tiles.
+/// How a plane is cut into bands for its window: `rows` tile rows by `cols`
+/// tile columns (a multiple of the block), whose 2 rows + 2 image rows of
+/// 2 cols + 2 values (`width`), and a pack more, fit in window_values.
+struct band_plan {
+  index_t rows, cols, width;
+  bool single_column;  // one band spans each tile row
+};
+
+template <class T>
+OPNORM_HD inline band_plan plan_bands(const tiling& geo) {
+  constexpr index_t L = block_tiles<T>;
+  band_plan p;
+  const index_t padded_cols = (geo.tile_cols() + L - 1) / L * L;
+  p.cols = padded_cols < band_max_cols ? padded_cols : band_max_cols;
+  p.width = 2 * p.cols + 2;
+  const index_t rows = ((window_values - L) / p.width - 2) / 2;  // load_padded writes up to a pack past a row
+  p.rows = rows < geo.tile_rows() ? rows : geo.tile_rows();
+  p.single_column = p.cols >= geo.tile_cols();
+  return p;
+}
+
+/// f(ti0, nr, tj0, nc) for each band: tile rows [ti0, ti0 + nr) by tile
+/// columns [tj0, tj0 + nc), in order.
 template <class F>
-OPNORM_HD inline void for_each_block(const tiling& geo, F f) {
-  const index_t cols = geo.tile_cols();
-  for (index_t ti = 0; ti < geo.tile_rows(); ++ti)
-    for (index_t tj0 = 0; tj0 < cols; tj0 += block_tiles)
-      f(ti, tj0, cols - tj0 < block_tiles ? cols - tj0 : block_tiles);
+OPNORM_HD inline void for_each_band(const tiling& geo, const band_plan& p, F f) {
+  const index_t rows = geo.tile_rows(), cols = geo.tile_cols();
+  for (index_t ti0 = 0; ti0 < rows; ti0 += p.rows)
+    for (index_t tj0 = 0; tj0 < cols; tj0 += p.cols)
+      f(ti0, rows - ti0 < p.rows ? rows - ti0 : p.rows, tj0, cols - tj0 < p.cols ? cols - tj0 : p.cols);
+}
+
+/// Whether a block may move all its lanes: those past the valid ones lie in
+/// the same plane and are written later by the same task (module comment).
+template <class T>
+OPNORM_HD inline bool block_fits(const tiling& geo, const band_plan& p, index_t first, index_t valid) {
+  return valid == block_tiles<T> || (p.single_column && first + block_tiles<T> <= geo.tiles());
+}
+
+/// The 16 packs of a block into their streams: out[xi * stream + j].
+template <class T>
+OPNORM_HD inline void store_block(const simd::pack<T> (&o)[positions], T* out, index_t stream, index_t valid,
+                                  bool fits) {
+  constexpr index_t L = block_tiles<T>;
+  if (fits) {
+    for (index_t xi = 0; xi < positions; ++xi) simd::store(out + xi * stream, o[xi]);
+    return;
+  }
+  T lanes[L];
+  for (index_t xi = 0; xi < positions; ++xi) {
+    simd::store(lanes, o[xi]);
+    copy_short(out + xi * stream, lanes, valid);
+  }
+}
+
+/// The 16 packs of a block from their streams, lanes past `valid` zero.
+/// It reads whole packs: the lanes past the plane's tiles belong to the
+/// next plane or, past the last stream, to the stream_slack<T> values every
+/// buffer of M or dV holds after its streams.
+template <class T>
+OPNORM_HD inline void load_block(const T* in, index_t stream, index_t valid, simd::pack<T> (&v)[positions]) {
+  for (index_t xi = 0; xi < positions; ++xi) v[xi] = simd::load(in + xi * stream);
+  if (valid < block_tiles<T>)
+    for (index_t xi = 0; xi < positions; ++xi) v[xi] = simd::keep_first<T>(v[xi], valid);
 }
 
 /// V[xi][c][n * tiles + t] = (B^T d B)[xi] for the `count` examples of x
 /// (NCHW, `channels` channels). One task per input plane (n, c).
 template <class B, class T>
 void transform_input(const tiling& geo, const T* x, index_t channels, index_t count, T* v) {
+  using pack = simd::pack<T>;
+  constexpr index_t L = block_tiles<T>;
   const tile_streams ts(geo, channels, count);
+  const band_plan bands = plan_bands<T>(geo);
   backend_ops<B>::for_each_segment(count * channels, geo.height * geo.width, [=] OPNORM_HD(index_t plane) {
-    const index_t H = geo.height, W = geo.width, cols = geo.tile_cols(), stream = ts.stride;
+    const index_t H = geo.height, W = geo.width, cols = geo.tile_cols(), stream = ts.stride, ww = bands.width;
     const T* in = x + plane * H * W;
     T* dst = v + ts.offset(plane);
-    T d[4][block_span], t[4][block_span];
-    for_each_block(geo, [&](index_t ti, index_t tj0, index_t nt) {
-      const index_t span = 2 * nt + 2, top = 2 * ti - geo.padding, left = 2 * tj0 - geo.padding;
-      for (index_t r = 0; r < 4; ++r) {
+    T window[window_values];
+    for_each_band(geo, bands, [&](index_t ti0, index_t nr, index_t tj0, index_t nc) {
+      const index_t top = 2 * ti0 - geo.padding, left = 2 * tj0 - geo.padding;
+      for (index_t r = 0; r < 2 * nr + 2; ++r) {
         const index_t h = top + r;
-        load_padded(in + h * W, h >= 0 && h < H, left, W, span, d[r]);
+        load_padded(in + h * W, h >= 0 && h < H, left, W, ww, window + r * ww);
       }
-      for (index_t s = 0; s < span; ++s) {  // B^T d, down each column
-        t[0][s] = d[0][s] - d[2][s];
-        t[1][s] = d[1][s] + d[2][s];
-        t[2][s] = d[2][s] - d[1][s];
-        t[3][s] = d[1][s] - d[3][s];
-      }
-      T* out = dst + ti * cols + tj0;
-      for (index_t r = 0; r < 4; ++r) {  // (B^T d) B, along each row, tile j at columns 2j .. 2j+3
-        const T* row = t[r];
-        T *o0 = out + (4 * r) * stream, *o1 = o0 + stream, *o2 = o1 + stream, *o3 = o2 + stream;
-        for (index_t j = 0; j < nt; ++j) {
-          o0[j] = row[2 * j] - row[2 * j + 2];
-          o1[j] = row[2 * j + 1] + row[2 * j + 2];
-          o2[j] = row[2 * j + 2] - row[2 * j + 1];
-          o3[j] = row[2 * j + 1] - row[2 * j + 3];
+      for (index_t ti = ti0; ti < ti0 + nr; ++ti)
+        for (index_t q = 0; q < nc; q += L) {
+          // Tile j of the block reads window columns 2q + 2j .. 2q + 2j + 3
+          // of four rows: the even and odd entries from 2q and from 2q + 2.
+          const T* w = window + 2 * (ti - ti0) * ww + 2 * q;
+          pack t[4][4];
+          for (index_t r = 0; r < 4; ++r) {  // d B, along each row: (d0 - d2, d1 + d2, d2 - d1, d1 - d3)
+            const T* row = w + r * ww;
+            const pack a = simd::load(row), b = simd::load(row + L), c = simd::load(row + 2), e = simd::load(row + L + 2);
+            const pack d0 = simd::evens<T>(a, b), d1 = simd::odds<T>(a, b), d2 = simd::evens<T>(c, e), d3 = simd::odds<T>(c, e);
+            t[r][0] = d0 - d2;
+            t[r][1] = d1 + d2;
+            t[r][2] = d2 - d1;
+            t[r][3] = d1 - d3;
+          }
+          pack o[positions];
+          for (index_t k = 0; k < 4; ++k) {  // B^T (d B), down each column
+            o[k] = t[0][k] - t[2][k];
+            o[4 + k] = t[1][k] + t[2][k];
+            o[8 + k] = t[2][k] - t[1][k];
+            o[12 + k] = t[1][k] - t[3][k];
+          }
+          const index_t first = ti * cols + tj0 + q, valid = nc - q < L ? nc - q : L;
+          store_block(o, dst + first, stream, valid, block_fits<T>(geo, bands, first, valid));
         }
-      }
     });
   });
 }
 
 /// gx[n][c] = sum over tiles of (B dV B^T), the adjoint of transform_input:
 /// each 4x4 patch is added back where transform_input read it, dropping
-/// what falls on the padding. One task per input plane, tiles in a fixed
-/// order: no atomics, the same bits on every run.
+/// what falls on the padding. The patches of a band are summed in its
+/// window, and the window is then added to the plane. One task per input
+/// plane, tiles in a fixed order: no atomics, the same bits on every run.
 template <class B, class T>
 void transform_input_adjoint(const tiling& geo, const T* dv, index_t channels, index_t count, T* gx) {
+  using pack = simd::pack<T>;
+  constexpr index_t L = block_tiles<T>;
   const tile_streams ts(geo, channels, count);
+  const band_plan bands = plan_bands<T>(geo);
   backend_ops<B>::for_each_segment(count * channels, geo.height * geo.width, [=] OPNORM_HD(index_t plane) {
-    const index_t H = geo.height, W = geo.width, cols = geo.tile_cols(), stream = ts.stride;
+    const index_t H = geo.height, W = geo.width, cols = geo.tile_cols(), stream = ts.stride,
+                  ww = bands.width;
     T* out = gx + plane * H * W;
     for (index_t i = 0; i < H * W; ++i) out[i] = T(0);
     const T* src = dv + ts.offset(plane);
-    T t[4][block_span];
-    for_each_block(geo, [&](index_t ti, index_t tj0, index_t nt) {
-      const index_t span = 2 * nt + 2, top = 2 * ti - geo.padding, left = 2 * tj0 - geo.padding;
-      const T* in = src + ti * cols + tj0;
-      for (index_t r = 0; r < 4; ++r) {
-        // Along the row: tile j adds B (v0, v1, v2, v3) = (v0, v1 - v2 + v3,
-        // v1 + v2 - v0, -v3) to columns 2j .. 2j+3. Gathered per column
-        // pair: column 2j gets tile j's first and tile j-1's third entry,
-        // column 2j+1 tile j's second and tile j-1's fourth.
-        const T *v0 = in + (4 * r) * stream, *v1 = v0 + stream, *v2 = v1 + stream, *v3 = v2 + stream;
-        T* row = t[r];
-        row[0] = v0[0];
-        row[1] = v1[0] - v2[0] + v3[0];
-        for (index_t j = 1; j < nt; ++j) {
-          row[2 * j] = v0[j] + (v1[j - 1] + v2[j - 1] - v0[j - 1]);
-          row[2 * j + 1] = (v1[j] - v2[j] + v3[j]) - v3[j - 1];
+    T window[window_values];
+    for_each_band(geo, bands, [&](index_t ti0, index_t nr, index_t tj0, index_t nc) {
+      const index_t rows = 2 * nr + 2, top = 2 * ti0 - geo.padding, left = 2 * tj0 - geo.padding;
+      for (index_t i = 0; i < rows * ww; ++i) window[i] = T(0);
+      for (index_t ti = ti0; ti < ti0 + nr; ++ti) {
+        // Along a window row, tile j adds its patch row (p0, p1, p2, p3) to
+        // columns 2j .. 2j+3: column 2j gets p0 of tile j and p2 of tile
+        // j - 1, column 2j + 1 gets p1 of tile j and p3 of tile j - 1. The
+        // last tile's p2 and p3 carry over to the next block.
+        T carry[4][2] = {};
+        for (index_t q = 0; q < nc; q += L) {
+          const index_t first = ti * cols + tj0 + q, valid = nc - q < L ? nc - q : L;
+          pack v[positions];
+          load_block(src + first, stream, valid, v);
+          pack t[4][4];
+          for (index_t r = 0; r < 4; ++r) {  // along each row of dV: B (v0, v1, v2, v3) = (v0, v1 - v2 + v3, v1 + v2 - v0, -v3)
+            const pack v0 = v[4 * r], v1 = v[4 * r + 1], v2 = v[4 * r + 2], v3 = v[4 * r + 3];
+            t[r][0] = v0;
+            t[r][1] = v1 - v2 + v3;
+            t[r][2] = v1 + v2 - v0;
+            t[r][3] = -v3;
+          }
+          for (index_t a = 0; a < 4; ++a) {  // down each column: patch row a
+            pack p[4];
+            for (index_t k = 0; k < 4; ++k)
+              p[k] = a == 0 ? t[0][k] : a == 1 ? t[1][k] - t[2][k] + t[3][k] : a == 2 ? t[1][k] + t[2][k] - t[0][k] : -t[3][k];
+            const pack even = p[0] + simd::shift_in(p[2], carry[a][0]);
+            const pack odd = p[1] + simd::shift_in(p[3], carry[a][1]);
+            carry[a][0] = simd::last<T>(p[2]);
+            carry[a][1] = simd::last<T>(p[3]);
+            T* row = window + (2 * (ti - ti0) + a) * ww + 2 * q;
+            simd::store(row, simd::load(row) + simd::interleave_low<T>(even, odd));
+            simd::store(row + L, simd::load(row + L) + simd::interleave_high<T>(even, odd));
+          }
         }
-        row[2 * nt] = v1[nt - 1] + v2[nt - 1] - v0[nt - 1];
-        row[2 * nt + 1] = -v3[nt - 1];
+        const index_t end = 2 * ((nc + L - 1) / L * L);  // the column after the last block
+        for (index_t a = 0; a < 4; ++a) {
+          T* row = window + (2 * (ti - ti0) + a) * ww + end;
+          row[0] += carry[a][0];
+          row[1] += carry[a][1];
+        }
       }
-      // Down the columns: B applied to the four rows, added to the plane.
-      for (index_t r = 0; r < 4; ++r) {
+      // The window onto the plane, dropping what falls on the padding.
+      const index_t begin = left < 0 ? -left : 0, end = W - left < ww ? W - left : ww;
+      for (index_t r = 0; r < rows; ++r) {
         const index_t h = top + r;
         if (h < 0 || h >= H) continue;
-        T* target = out + h * W;
-        const index_t begin = left < 0 ? -left : 0, end = W - left < span ? W - left : span;
-        for (index_t s = begin; s < end; ++s) {
-          const T a0 = t[0][s], a1 = t[1][s], a2 = t[2][s], a3 = t[3][s];
-          const T value = r == 0 ? a0 : r == 1 ? a1 - a2 + a3 : r == 2 ? a1 + a2 - a0 : -a3;
-          target[left + s] += value;
-        }
+        T* target = out + h * W + left;
+        const T* row = window + r * ww;
+        for (index_t s = begin; s < end; ++s) target[s] += row[s];
       }
     });
   });
@@ -300,37 +426,45 @@ void transform_input_adjoint(const tiling& geo, const T* dv, index_t channels, i
 /// inside the (out_height x out_width) plane. One task per output plane.
 template <class B, class T>
 void transform_output(const tiling& geo, const T* m, index_t channels, index_t count, T beta, T* y) {
+  using pack = simd::pack<T>;
+  constexpr index_t L = block_tiles<T>;
   const tile_streams ts(geo, channels, count);
   backend_ops<B>::for_each_segment(count * channels, geo.out_height * geo.out_width, [=] OPNORM_HD(index_t plane) {
-    const index_t Ho = geo.out_height, Wo = geo.out_width, cols = geo.tile_cols(), stream = ts.stride;
+    const index_t Ho = geo.out_height, Wo = geo.out_width, cols = geo.tile_cols(),
+                  stream = ts.stride;
     T* out = y + plane * Ho * Wo;
     const T* src = m + ts.offset(plane);
-    T half[2][4][block_tiles], result[2][2 * block_tiles];
-    for_each_block(geo, [&](index_t ti, index_t tj0, index_t nt) {
-      const T* in = src + ti * cols + tj0;
-      for (index_t s = 0; s < 4; ++s) {  // A^T M, down each column s of the tile
-        const T *m0 = in + s * stream, *m1 = m0 + 4 * stream, *m2 = m1 + 4 * stream, *m3 = m2 + 4 * stream;
-        for (index_t j = 0; j < nt; ++j) {
-          half[0][s][j] = m0[j] + m1[j] + m2[j];
-          half[1][s][j] = m1[j] - m2[j] - m3[j];
+    for (index_t ti = 0; ti < geo.tile_rows(); ++ti)
+      for (index_t tj = 0; tj < cols; tj += L) {
+        const index_t first = ti * cols + tj, valid = cols - tj < L ? cols - tj : L;
+        pack v[positions];
+        load_block(src + first, stream, valid, v);
+        pack half[2][4];
+        for (index_t k = 0; k < 4; ++k) {  // A^T M, down each column
+          half[0][k] = v[k] + v[4 + k] + v[8 + k];
+          half[1][k] = v[4 + k] - v[8 + k] - v[12 + k];
+        }
+        const index_t left = 2 * tj, width = Wo - left < 2 * valid ? Wo - left : 2 * valid;
+        for (index_t r = 0; r < 2; ++r) {  // (A^T M) A, along each row
+          const index_t h = 2 * ti + r;
+          if (h >= Ho) continue;
+          const pack even = half[r][0] + half[r][1] + half[r][2], odd = half[r][1] - half[r][2] - half[r][3];
+          const pack low = simd::interleave_low<T>(even, odd), high = simd::interleave_high<T>(even, odd);
+          T* target = out + h * Wo + left;
+          if (beta == T(0) && width == 2 * L) {
+            simd::store(target, low);
+            simd::store(target + L, high);
+            continue;
+          }
+          T result[2 * L];
+          simd::store(result, low);
+          simd::store(result + L, high);
+          if (beta == T(0))
+            copy_short(target, result, width);
+          else
+            for (index_t s = 0; s < width; ++s) target[s] = beta * target[s] + result[s];
         }
       }
-      for (index_t r = 0; r < 2; ++r)  // (A^T M) A, along each row
-        for (index_t j = 0; j < nt; ++j) {
-          result[r][2 * j] = half[r][0][j] + half[r][1][j] + half[r][2][j];
-          result[r][2 * j + 1] = half[r][1][j] - half[r][2][j] - half[r][3][j];
-        }
-      const index_t left = 2 * tj0, width = Wo - left < 2 * nt ? Wo - left : 2 * nt;
-      for (index_t r = 0; r < 2; ++r) {
-        const index_t h = 2 * ti + r;
-        if (h >= Ho) continue;
-        T* target = out + h * Wo + left;
-        if (beta == T(0))
-          copy_short(target, result[r], width);
-        else
-          for (index_t s = 0; s < width; ++s) target[s] = beta * target[s] + result[r][s];
-      }
-    });
   });
 }
 
@@ -339,37 +473,43 @@ void transform_output(const tiling& geo, const T* m, index_t channels, index_t c
 /// as zero.
 template <class B, class T>
 void transform_output_adjoint(const tiling& geo, const T* gy, index_t channels, index_t count, T* dm) {
+  using pack = simd::pack<T>;
+  constexpr index_t L = block_tiles<T>;
   const tile_streams ts(geo, channels, count);
+  const band_plan bands = plan_bands<T>(geo);
   backend_ops<B>::for_each_segment(count * channels, geo.out_height * geo.out_width, [=] OPNORM_HD(index_t plane) {
-    const index_t Ho = geo.out_height, Wo = geo.out_width, cols = geo.tile_cols(), stream = ts.stride;
+    const index_t Ho = geo.out_height, Wo = geo.out_width, cols = geo.tile_cols(), stream = ts.stride,
+                  ww = bands.width;
     const T* in = gy + plane * Ho * Wo;
     T* dst = dm + ts.offset(plane);
-    T g[2][2 * block_tiles], half[2][4][block_tiles];
-    for_each_block(geo, [&](index_t ti, index_t tj0, index_t nt) {
-      const index_t left = 2 * tj0;
-      for (index_t r = 0; r < 2; ++r) {
-        const index_t h = 2 * ti + r;
-        load_padded(in + h * Wo, h < Ho, left, Wo, 2 * nt, g[r]);
+    T window[window_values];
+    for_each_band(geo, bands, [&](index_t ti0, index_t nr, index_t tj0, index_t nc) {
+      for (index_t r = 0; r < 2 * nr; ++r) {
+        const index_t h = 2 * ti0 + r;
+        load_padded(in + h * Wo, h < Ho, 2 * tj0, Wo, ww, window + r * ww);
       }
-      for (index_t r = 0; r < 2; ++r)  // dY A^T, along each row: A (y0, y1) = (y0, y0 + y1, y0 - y1, -y1)
-        for (index_t j = 0; j < nt; ++j) {
-          const T y0 = g[r][2 * j], y1 = g[r][2 * j + 1];
-          half[r][0][j] = y0;
-          half[r][1][j] = y0 + y1;
-          half[r][2][j] = y0 - y1;
-          half[r][3][j] = -y1;
+      for (index_t ti = ti0; ti < ti0 + nr; ++ti)
+        for (index_t q = 0; q < nc; q += L) {
+          pack half[2][4];
+          for (index_t r = 0; r < 2; ++r) {  // dY A^T, along each row: A (y0, y1) = (y0, y0 + y1, y0 - y1, -y1)
+            const T* row = window + (2 * (ti - ti0) + r) * ww + 2 * q;
+            const pack a = simd::load(row), b = simd::load(row + L);
+            const pack y0 = simd::evens<T>(a, b), y1 = simd::odds<T>(a, b);
+            half[r][0] = y0;
+            half[r][1] = y0 + y1;
+            half[r][2] = y0 - y1;
+            half[r][3] = -y1;
+          }
+          pack o[positions];
+          for (index_t k = 0; k < 4; ++k) {  // A (dY A^T), down each column
+            o[k] = half[0][k];
+            o[4 + k] = half[0][k] + half[1][k];
+            o[8 + k] = half[0][k] - half[1][k];
+            o[12 + k] = -half[1][k];
+          }
+          const index_t first = ti * cols + tj0 + q, valid = nc - q < L ? nc - q : L;
+          store_block(o, dst + first, stream, valid, block_fits<T>(geo, bands, first, valid));
         }
-      T* out = dst + ti * cols + tj0;
-      for (index_t s = 0; s < 4; ++s) {  // A (dY A^T), down each column s
-        T *o0 = out + s * stream, *o1 = o0 + 4 * stream, *o2 = o1 + 4 * stream, *o3 = o2 + 4 * stream;
-        for (index_t j = 0; j < nt; ++j) {
-          const T y0 = half[0][s][j], y1 = half[1][s][j];
-          o0[j] = y0;
-          o1[j] = y0 + y1;
-          o2[j] = y0 - y1;
-          o3[j] = -y1;
-        }
-      }
     });
   });
 }

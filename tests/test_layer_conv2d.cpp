@@ -234,8 +234,10 @@ TEST_CASE_TEMPLATE("conv2d winograd: every pass agrees with im2col, and the JVP 
   std::mt19937_64 rng(44);
   layer_t layer(10, 6, 3, 1, 1);
   layer.initialize(rng);
-  // Odd height; and a width of 35 tiles, two blocks of tiles per tile row.
-  for (const shape_t& shape : {shape_t{3, 10, 9, 8}, shape_t{2, 10, 5, 69}}) {
+  // Odd height; a width of 35 tiles, several blocks of tiles per tile row;
+  // and 17 x 70 tiles with odd sides, which the transforms cut into two
+  // bands of tile rows by two of tile columns (winograd.hpp, "Windows").
+  for (const shape_t& shape : {shape_t{3, 10, 9, 8}, shape_t{2, 10, 5, 69}, shape_t{1, 10, 33, 139}}) {
     CAPTURE(shape_string(shape));
     check_winograd_against_im2col(layer, shape, rng);
   }

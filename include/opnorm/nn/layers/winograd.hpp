@@ -158,11 +158,12 @@ void add_filter_adjoint(const T* du, index_t out, index_t in, T* weight_grad) {
 // end only the valid lanes move, so no task touches another's plane and
 // nothing outside the buffers is read or written.
 //
-// Windows. The input transform and the output adjoint read the image, and
-// the input adjoint adds into it, through a window: a zero-padded copy of
-// the rows and columns a band of tile rows reads (or writes), held in a
-// local array of window_values entries. The padding is then data, and
-// every block reads its window rows at fixed offsets.
+// Windows. The input transform reads the image, and the input adjoint adds
+// into it, through a window: a zero-padded copy of the rows and columns a
+// band of tile rows reads (or writes), held in a local array of
+// window_values entries. The padding is then data, and every block reads
+// its window rows at fixed offsets. (The output adjoint reads dY in place:
+// it has no padding.)
 template <class T>
 constexpr index_t block_tiles = simd::lanes<T>;
 /// Values a buffer of V, M, dV or dM must hold past its last stream, which
@@ -365,7 +366,11 @@ void transform_input_adjoint(const tiling& geo, const T* dv, index_t channels, i
     const index_t H = geo.height, W = geo.width, cols = geo.tile_cols(), stream = ts.stride,
                   ww = bands.width;
     T* out = gx + plane * H * W;
-    for (index_t i = 0; i < H * W; ++i) out[i] = T(0);
+    // One band covers the whole plane, and its window then is the plane's
+    // result: copied rather than added to a zeroed plane.
+    const bool one_band = bands.single_column && bands.rows >= geo.tile_rows();
+    if (!one_band)
+      for (index_t i = 0; i < H * W; ++i) out[i] = T(0);
     const T* src = dv + ts.offset(plane);
     T window[window_values];
     for_each_band(geo, bands, [&](index_t ti0, index_t nr, index_t tj0, index_t nc) {
@@ -416,7 +421,10 @@ void transform_input_adjoint(const tiling& geo, const T* dv, index_t channels, i
         if (h < 0 || h >= H) continue;
         T* target = out + h * W + left;
         const T* row = window + r * ww;
-        for (index_t s = begin; s < end; ++s) target[s] += row[s];
+        if (one_band)
+          for (index_t s = begin; s < end; ++s) target[s] = row[s];
+        else
+          for (index_t s = begin; s < end; ++s) target[s] += row[s];
       }
     });
   });
@@ -470,47 +478,51 @@ void transform_output(const tiling& geo, const T* m, index_t channels, index_t c
 
 /// dM[xi][o][n * tiles + t] = (A dY A^T)[xi], the adjoint of
 /// transform_output: outputs beyond the plane (a partial last tile) count
-/// as zero.
+/// as zero. A block reads its two rows of dY where they lie: with an even
+/// plane every valid lane's 2x2 tile is inside it, and the invalid lanes
+/// read whatever follows in the plane. Only blocks whose reads would leave
+/// the plane, and planes of odd size, go through a zero-padded copy.
 template <class B, class T>
 void transform_output_adjoint(const tiling& geo, const T* gy, index_t channels, index_t count, T* dm) {
   using pack = simd::pack<T>;
   constexpr index_t L = block_tiles<T>;
   const tile_streams ts(geo, channels, count);
-  const band_plan bands = plan_bands<T>(geo);
   backend_ops<B>::for_each_segment(count * channels, geo.out_height * geo.out_width, [=] OPNORM_HD(index_t plane) {
-    const index_t Ho = geo.out_height, Wo = geo.out_width, cols = geo.tile_cols(), stream = ts.stride,
-                  ww = bands.width;
+    const index_t Ho = geo.out_height, Wo = geo.out_width, cols = geo.tile_cols(), tiles = geo.tiles(),
+                  stream = ts.stride;
+    const bool even = Ho % 2 == 0 && Wo % 2 == 0;
     const T* in = gy + plane * Ho * Wo;
     T* dst = dm + ts.offset(plane);
-    T window[window_values];
-    for_each_band(geo, bands, [&](index_t ti0, index_t nr, index_t tj0, index_t nc) {
-      for (index_t r = 0; r < 2 * nr; ++r) {
-        const index_t h = 2 * ti0 + r;
-        load_padded(in + h * Wo, h < Ho, 2 * tj0, Wo, ww, window + r * ww);
-      }
-      for (index_t ti = ti0; ti < ti0 + nr; ++ti)
-        for (index_t q = 0; q < nc; q += L) {
-          pack half[2][4];
-          for (index_t r = 0; r < 2; ++r) {  // dY A^T, along each row: A (y0, y1) = (y0, y0 + y1, y0 - y1, -y1)
-            const T* row = window + (2 * (ti - ti0) + r) * ww + 2 * q;
-            const pack a = simd::load(row), b = simd::load(row + L);
-            const pack y0 = simd::evens<T>(a, b), y1 = simd::odds<T>(a, b);
-            half[r][0] = y0;
-            half[r][1] = y0 + y1;
-            half[r][2] = y0 - y1;
-            half[r][3] = -y1;
+    T padded[2][2 * L];
+    for (index_t ti = 0; ti < geo.tile_rows(); ++ti)
+      for (index_t tj = 0; tj < cols; tj += L) {
+        const T* rows[2] = {in + 2 * ti * Wo + 2 * tj, in + (2 * ti + 1) * Wo + 2 * tj};
+        if (!even || (2 * ti + 1) * Wo + 2 * tj + 2 * L > Ho * Wo) {
+          for (index_t r = 0; r < 2; ++r) {
+            const index_t h = 2 * ti + r;
+            load_padded(in + h * Wo, h < Ho, 2 * tj, Wo, 2 * L, padded[r]);
+            rows[r] = padded[r];
           }
-          pack o[positions];
-          for (index_t k = 0; k < 4; ++k) {  // A (dY A^T), down each column
-            o[k] = half[0][k];
-            o[4 + k] = half[0][k] + half[1][k];
-            o[8 + k] = half[0][k] - half[1][k];
-            o[12 + k] = -half[1][k];
-          }
-          const index_t first = ti * cols + tj0 + q, valid = nc - q < L ? nc - q : L;
-          store_block(o, dst + first, stream, valid, block_fits<T>(geo, bands, first, valid));
         }
-    });
+        pack half[2][4];
+        for (index_t r = 0; r < 2; ++r) {  // dY A^T, along each row: A (y0, y1) = (y0, y0 + y1, y0 - y1, -y1)
+          const pack a = simd::load(rows[r]), b = simd::load(rows[r] + L);
+          const pack y0 = simd::evens<T>(a, b), y1 = simd::odds<T>(a, b);
+          half[r][0] = y0;
+          half[r][1] = y0 + y1;
+          half[r][2] = y0 - y1;
+          half[r][3] = -y1;
+        }
+        pack o[positions];
+        for (index_t k = 0; k < 4; ++k) {  // A (dY A^T), down each column
+          o[k] = half[0][k];
+          o[4 + k] = half[0][k] + half[1][k];
+          o[8 + k] = half[0][k] - half[1][k];
+          o[12 + k] = -half[1][k];
+        }
+        const index_t first = ti * cols + tj, valid = cols - tj < L ? cols - tj : L;
+        store_block(o, dst + first, stream, valid, valid == L || first + L <= tiles);
+      }
   });
 }
 

@@ -86,6 +86,59 @@ TEST_CASE_TEMPLATE("fmnist_cnn in eval mode: <J v, u> = <v, J^T u>", B, OPNORM_T
   CHECK(adjointness_error(net, random_images<B>({2, 1, 28, 28}, rng), mode::eval, rng) < 1e-12);
 }
 
+namespace {
+// dL/dx by calling every layer's own vjp, from the top: what sequential's
+// backward pass computes when it fuses nothing.
+template <class Net, std::size_t... I>
+void layer_by_layer_vjp(Net& net, typename Net::tape& t, const typename Net::tensor_type& gy,
+                        typename Net::tensor_type& gx, std::index_sequence<I...>) {
+  typename Net::tensor_type incoming = gy, out;
+  auto step = [&](auto index) {
+    constexpr std::size_t L = Net::depth - 1 - decltype(index)::value;
+    net.template layer<L>().vjp(t.activations[L], t.activations[L + 1], std::get<L>(t.caches), incoming, &out,
+                                false);
+    incoming = out;
+  };
+  (step(std::integral_constant<std::size_t, I>{}), ...);
+  gx = incoming;
+}
+}  // namespace
+
+TEST_CASE_TEMPLATE("fmnist_cnn: the backward pass that fuses batch_norm and relu gives the layers' own VJPs bit for "
+                   "bit, in eval mode and with borrowed statistics",
+                   B, OPNORM_TEST_BACKENDS) {
+  using net_t = fmnist_cnn<float, B>;
+  std::mt19937_64 rng(6);
+  auto net = make_fmnist_cnn<float, B>(6);
+  typename net_t::tape lender, tape;
+  const auto to_float = [](const tensor<double, B>& d) {
+    const auto v = d.to_vector();
+    return tensor<float, B>::from_vector(d.shape(), std::vector<float>(v.begin(), v.end()));
+  };
+  const auto x = to_float(random_images<B>({4, 1, 28, 28}, rng));
+  const auto gy = to_float(random_tensor<B>({4, 10}, rng));
+  net.forward(x, lender, mode::train);  // running statistics away from their start, and a lender
+  for (const bool borrowed : {false, true}) {
+    CAPTURE(borrowed);
+    if (borrowed)
+      net.forward_with_statistics_of(to_float(random_images<B>({4, 1, 28, 28}, rng)), tape, lender);
+    else
+      net.forward(x, tape, mode::eval);
+    typename net_t::tensor_type fused, separate;
+    net.vjp(tape, gy, &fused, false);
+    layer_by_layer_vjp(net, tape, gy, separate, std::make_index_sequence<net_t::depth>{});
+    REQUIRE(fused.shape() == separate.shape());
+    const auto f = fused.to_vector(), s = separate.to_vector();
+    index_t differing = 0, nonzero = 0;
+    for (std::size_t i = 0; i < f.size(); ++i) {
+      differing += f[i] != s[i];
+      nonzero += f[i] != 0;
+    }
+    CHECK(differing == 0);
+    CHECK(nonzero > 0);
+  }
+}
+
 TEST_CASE_TEMPLATE("fmnist_cnn: forward_output_only gives forward's output bit for bit, and its tape is not "
                    "differentiated",
                    B, OPNORM_TEST_BACKENDS) {

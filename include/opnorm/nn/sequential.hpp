@@ -19,6 +19,20 @@
 
 namespace opnorm {
 
+template <class T, class Backend>
+class batch_norm;
+template <class T, class Backend>
+class relu;
+
+namespace detail {
+/// True for batch_norm followed by relu: sequential's backward pass fuses
+/// their VJPs where the batch_norm's is a per-channel scale.
+template <class First, class Second>
+struct batch_norm_then_relu : std::false_type {};
+template <class T, class B>
+struct batch_norm_then_relu<batch_norm<T, B>, relu<T, B>> : std::true_type {};
+}  // namespace detail
+
 template <class... Layers>
 class sequential {
   static_assert(sizeof...(Layers) > 0, "a sequential network needs at least one layer");
@@ -281,12 +295,36 @@ class sequential {
   void vjp_layers(tape& t, const tensor_type& gy, tensor_type* gx, bool pg, std::index_sequence<I...>) {
     const tensor_type* incoming = &gy;
     int slot = 0;
+    bool fused_below = false;  // the layer below this one already ran, fused into it
     auto step = [&](auto index) {
       constexpr std::size_t L = depth - 1 - decltype(index)::value;
+      if (fused_below) {
+        fused_below = false;
+        return;
+      }
       // Below the first layer with parameters, nothing needs a gradient
       // unless the caller asked for dL/dx.
       if (!gx && L < first_trainable_) return;
       const bool input_gradient_needed = gx || L > first_trainable_;
+      // A relu over a batch_norm whose VJP is a per-channel scale (an
+      // attack's or a power iteration's backward pass): both VJPs in one
+      // pass over the activation (batch_norm::vjp_through_relu).
+      if constexpr (L > 0) {
+        using below = std::tuple_element_t<L - 1, std::tuple<Layers...>>;
+        using here = std::tuple_element_t<L, std::tuple<Layers...>>;
+        if constexpr (detail::batch_norm_then_relu<below, here>::value) {
+          const auto& norm = std::get<L - 1>(layers_);
+          const auto& norm_cache = std::get<L - 1>(t.caches);
+          if ((gx || L - 1 > first_trainable_) && norm.vjp_is_channel_scale(norm_cache, pg)) {
+            tensor_type* out = L - 1 == 0 ? gx : &scratch_[static_cast<std::size_t>(slot)];
+            norm.vjp_through_relu(t.activations[L], norm_cache, *incoming, *out);
+            incoming = out;
+            slot ^= 1;
+            fused_below = true;
+            return;
+          }
+        }
+      }
       tensor_type* out = !input_gradient_needed ? nullptr : L == 0 ? gx : &scratch_[static_cast<std::size_t>(slot)];
       std::get<L>(layers_).vjp(t.activations[L], t.activations[L + 1], std::get<L>(t.caches), *incoming,
                                out, pg);

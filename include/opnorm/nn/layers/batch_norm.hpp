@@ -281,6 +281,41 @@ class batch_norm : public detail::weight_and_bias<T, Backend> {
     });
   }
 
+  /// Whether this pass's vjp is a per-channel scale of gy: statistics held
+  /// fixed (running ones, or borrowed), and neither parameter gradients nor
+  /// a borrower's statistics gradient to hand on. Attacks and power
+  /// iterations backpropagate through such passes only.
+  bool vjp_is_channel_scale(const cache& c, bool parameter_gradients) const {
+    return !c.batch_statistics && !c.synchronized && !parameter_gradients && !c.statistics_gradient_pending;
+  }
+
+  /// gx = J^T (mask . gy), mask = (relu_input > 0): the VJP of a relu that
+  /// follows this layer and of this layer, in one pass over the activation
+  /// instead of two, where vjp_is_channel_scale. relu_input is this layer's
+  /// output. sequential fuses the pair this way; the result is the same
+  /// bits as relu's vjp followed by this layer's.
+  void vjp_through_relu(const tensor<T, Backend>& relu_input, const cache& c, const tensor<T, Backend>& gy,
+                        tensor<T, Backend>& gx) const {
+    gx.resize(gy.shape());
+    const index_t C = features_, N = gy.dim(0), S = spatial_size(gy.shape());
+    const T* xs = relu_input.data();
+    const T* gs = gy.data();
+    T* out = gx.data();
+    const T* inv_std = c.inv_std.data();
+    const T* gamma = affine_ ? weight_.data() : nullptr;
+    backend_ops<Backend>::for_each_index(N * C, [=] OPNORM_HD(index_t r) {
+      const index_t ch = r % C;
+      const T scale = (gamma ? gamma[ch] : T(1)) * inv_std[ch];
+      const T* xr = xs + r * S;
+      const T* gr = gs + r * S;
+      T* o = out + r * S;
+      for (index_t i = 0; i < S; ++i) {
+        const T g = gr[i];  // loaded unconditionally, as relu's mask does: it vectorizes
+        o[i] = scale * (xr[i] > T(0) ? g : T(0));
+      }
+    });
+  }
+
   /// PyTorch's state_dict order: weight, bias, running_mean, running_var,
   /// num_batches_tracked.
   void collect_state(state_list<T, Backend>& s, const std::string& prefix) {

@@ -177,7 +177,7 @@ constexpr index_t band_max_cols = 64;  // tile columns per band: at least 14 til
 /// the valid columns of a block's output row), without a loop. Copy loops
 /// this short are recognized as memcpy and become library calls or `rep
 /// movsq`, whose start-up cost took a third of transform_output_adjoint's
-/// time (docs/performance.md, change 10).
+/// time (docs/performance.md, change 11).
 template <class T>
 OPNORM_HD inline void copy_short(T* dst, const T* src, index_t n) {
   constexpr index_t L = simd::lanes<T>;

@@ -200,10 +200,10 @@ OPNORM_HD inline void copy_short(T* dst, const T* src, index_t n) {
 /// dst[s] = row[first + s] for s in [0, span), zero outside [0, width) and
 /// everywhere when the row itself lies outside the image, a pack at a time:
 /// packs wholly inside are copied, packs wholly outside zeroed, and the (at
-/// most two) packs across an edge are zeroed, then get their valid values. It writes up to
-/// span rounded up to a whole pack. (As separate zero fills and copy, the
-/// loops became memset and memcpy calls; as one loop with a condition per
-/// value, masked loads 3x slower.)
+/// most two) packs across an edge are zeroed, then get their valid values.
+/// It writes up to span rounded up to a whole pack. (As separate zero fills
+/// and copy, the loops became memset and memcpy calls; as one loop with a
+/// condition per value, masked loads 3x slower.)
 template <class T>
 OPNORM_HD inline void load_padded(const T* row, bool row_inside, index_t first, index_t width, index_t span,
                                   T* dst) {
@@ -227,8 +227,8 @@ OPNORM_HD inline void load_padded(const T* row, bool row_inside, index_t first, 
 // Where the `count` examples of a chunk, `channels` planes each, keep their
 // tiles in V, M, dV or dM: plane (n, c)'s tiles start at offset(plane) in
 // position 0's stream, and each position's stream lies `stride` after the
-// previous one. The four transforms below share it and for_each_block, so
-// that they cannot disagree on where a tile lives.
+// previous one. The four transforms below share it, so that they cannot
+// disagree on where a tile lives.
 struct tile_streams {
   index_t channels, tiles, row_length, stride;
   tile_streams(const tiling& geo, index_t channels_, index_t count)
@@ -271,9 +271,11 @@ OPNORM_HD inline void for_each_band(const tiling& geo, const band_plan& p, F f) 
 
 /// Whether a block may move all its lanes: those past the valid ones lie in
 /// the same plane and are written later by the same task (module comment).
+/// rows_in_order: the task writes the plane's tile rows whole and in order
+/// (one band spans each row), so the next row's first tiles come later.
 template <class T>
-OPNORM_HD inline bool block_fits(const tiling& geo, const band_plan& p, index_t first, index_t valid) {
-  return valid == block_tiles<T> || (p.single_column && first + block_tiles<T> <= geo.tiles());
+OPNORM_HD inline bool block_fits(const tiling& geo, bool rows_in_order, index_t first, index_t valid) {
+  return valid == block_tiles<T> || (rows_in_order && first + block_tiles<T> <= geo.tiles());
 }
 
 /// The 16 packs of a block into their streams: out[xi * stream + j].
@@ -345,7 +347,7 @@ void transform_input(const tiling& geo, const T* x, index_t channels, index_t co
             o[12 + k] = t[1][k] - t[3][k];
           }
           const index_t first = ti * cols + tj0 + q, valid = nc - q < L ? nc - q : L;
-          store_block(o, dst + first, stream, valid, block_fits<T>(geo, bands, first, valid));
+          store_block(o, dst + first, stream, valid, block_fits<T>(geo, bands.single_column, first, valid));
         }
     });
   });
@@ -488,8 +490,7 @@ void transform_output_adjoint(const tiling& geo, const T* gy, index_t channels, 
   constexpr index_t L = block_tiles<T>;
   const tile_streams ts(geo, channels, count);
   backend_ops<B>::for_each_segment(count * channels, geo.out_height * geo.out_width, [=] OPNORM_HD(index_t plane) {
-    const index_t Ho = geo.out_height, Wo = geo.out_width, cols = geo.tile_cols(), tiles = geo.tiles(),
-                  stream = ts.stride;
+    const index_t Ho = geo.out_height, Wo = geo.out_width, cols = geo.tile_cols(), stream = ts.stride;
     const bool even = Ho % 2 == 0 && Wo % 2 == 0;
     const T* in = gy + plane * Ho * Wo;
     T* dst = dm + ts.offset(plane);
@@ -521,7 +522,7 @@ void transform_output_adjoint(const tiling& geo, const T* gy, index_t channels, 
           o[12 + k] = -half[1][k];
         }
         const index_t first = ti * cols + tj, valid = cols - tj < L ? cols - tj : L;
-        store_block(o, dst + first, stream, valid, valid == L || first + L <= tiles);
+        store_block(o, dst + first, stream, valid, block_fits<T>(geo, true, first, valid));
       }
   });
 }

@@ -105,6 +105,77 @@ TEST_CASE_TEMPLATE("max_pool2d: NaN propagates, as in PyTorch", B, OPNORM_TEST_B
   CHECK(std::isnan(y[0]));
 }
 
+namespace {
+
+// The 2 x 2, stride-2 pooling of every plane of x by its definition, as
+// PyTorch's CPU kernel resolves it: the window's entries in row-major order,
+// an entry taking over when it is larger or NaN (so the first of equal
+// maxima stays and the last NaN wins). Fills the maxima and their offsets.
+template <class T>
+void direct_max_pool_2x2(const std::vector<T>& x, index_t planes, index_t H, index_t W, std::vector<T>& y,
+                         std::vector<index_t>& at) {
+  const index_t Ho = H / 2, Wo = W / 2;
+  y.assign(static_cast<std::size_t>(planes * Ho * Wo), T(0));
+  at.assign(y.size(), 0);
+  for (index_t p = 0; p < planes; ++p)
+    for (index_t oh = 0; oh < Ho; ++oh)
+      for (index_t ow = 0; ow < Wo; ++ow) {
+        index_t best = p * H * W + 2 * oh * W + 2 * ow;
+        for (index_t i = 0; i < 2; ++i)
+          for (index_t j = 0; j < 2; ++j) {
+            const index_t here = p * H * W + (2 * oh + i) * W + 2 * ow + j;
+            const T v = x[static_cast<std::size_t>(here)], b = x[static_cast<std::size_t>(best)];
+            if (v > b || std::isnan(v)) best = here;
+          }
+        const auto o = static_cast<std::size_t>((p * Ho + oh) * Wo + ow);
+        y[o] = x[static_cast<std::size_t>(best)];
+        at[o] = best;
+      }
+}
+
+// Every output width from 1 to 21 (shorter than a pack of 8 floats or 4
+// doubles, exactly a pack, several, and a remainder that the last,
+// overlapping block covers), odd and even input sizes, values drawn from
+// {0, 1, 2} so that most windows tie, and a few NaNs: the maxima and the
+// selected offsets equal the definition's, bit for bit.
+template <class T, class B>
+void check_2x2_pooling_on_every_width() {
+  std::mt19937_64 rng(11);
+  std::uniform_int_distribution<int> level(0, 2), rare(0, 40);
+  for (index_t W = 2; W <= 43; ++W)
+    for (const index_t H : {2, 3, 6}) {
+      CAPTURE(W);
+      CAPTURE(H);
+      const index_t planes = 3;
+      std::vector<T> values(static_cast<std::size_t>(planes * H * W));
+      for (auto& v : values) v = rare(rng) == 0 ? std::numeric_limits<T>::quiet_NaN() : static_cast<T>(level(rng));
+      const auto x = tensor<T, B>::from_vector({1, planes, H, W}, values);
+      max_pool2d<T, B> layer(2);
+      tensor<T, B> y;
+      typename max_pool2d<T, B>::cache c;
+      layer.forward(x, y, c, mode::eval);
+      std::vector<T> expected;
+      std::vector<index_t> expected_at;
+      direct_max_pool_2x2(values, planes, H, W, expected, expected_at);
+      const auto got = y.to_vector();
+      REQUIRE(got.size() == expected.size());
+      CHECK(c.argmax.to_vector() == expected_at);
+      index_t differing = 0;
+      for (std::size_t i = 0; i < got.size(); ++i)
+        differing += std::isnan(expected[i]) ? !std::isnan(got[i]) : got[i] != expected[i];
+      CHECK(differing == 0);
+    }
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("max_pool2d 2x2 stride 2: maxima and selected offsets equal the definition's on every row width, "
+                   "with ties and NaNs, in float and double",
+                   B, OPNORM_TEST_BACKENDS) {
+  check_2x2_pooling_on_every_width<float, B>();
+  check_2x2_pooling_on_every_width<double, B>();
+}
+
 TEST_CASE("max_pool2d: output shapes and errors") {
   CHECK(max_pool2d<double>(2).output_shape({128, 32, 28, 28}) == shape_t{128, 32, 14, 14});
   CHECK(max_pool2d<double>(2).output_shape({2, 1024, 2, 2}) == shape_t{2, 1024, 1, 1});

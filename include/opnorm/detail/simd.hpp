@@ -1,9 +1,10 @@
 #pragma once
 // simd: a pack of 32 bytes of T (8 floats or 4 doubles) and the few
-// operations the Winograd tile transforms need (nn/layers/winograd.hpp):
-// loads and stores at any address, + and -, splitting a run of values into
-// its even and odd entries and interleaving them back, shifting lanes, and
-// zeroing the lanes past a count.
+// operations the Winograd tile transforms (nn/layers/winograd.hpp) and max
+// pooling (nn/layers/max_pool2d.hpp) need: loads and stores at any address,
+// + and -, splitting a run of values into its even and odd entries and
+// interleaving them back, shifting lanes, zeroing the lanes past a count,
+// and a lane-wise maximum that keeps where it came from.
 //
 // Why explicit packs. A transform's loops run over the tiles of a row, and
 // the small images of this field have short rows (fmnist_cnn's have 14 and
@@ -128,6 +129,23 @@ inline pack<T> keep_first(pack<T> p, index_t n) {
   const mask kept = index < (mask{} + static_cast<integer>(n));
   return (pack<T>)((mask)p & kept);
 }
+/// (start, start + step, start + 2 step, ...).
+template <class T>
+inline pack<T> ramp(T start, T step) {
+  pack<T> r;
+  for (index_t i = 0; i < lanes<T>; ++i) r[i] = start + static_cast<T>(i) * step;
+  return r;
+}
+/// Lane by lane, where candidate > best or candidate is NaN: best =
+/// candidate and best_at = candidate_at. Fed a window's entries in order,
+/// the first of equal maxima stays and the last NaN wins.
+template <class T>
+inline void keep_maximum(pack<T>& best, pack<T>& best_at, pack<T> candidate, pack<T> candidate_at) {
+  using mask = typename native<T>::mask;
+  const mask take = (candidate > best) | (candidate != candidate);
+  best = (pack<T>)(((mask)candidate & take) | ((mask)best & ~take));
+  best_at = (pack<T>)(((mask)candidate_at & take) | ((mask)best_at & ~take));
+}
 
 }  // namespace vector_packs
 #else
@@ -208,10 +226,49 @@ OPNORM_HD inline pack<T> keep_first(pack<T> p, index_t n) {
   OPNORM_SIMD_LANEWISE(r, i < n ? p.v[i] : T(0));
   return r;
 }
+template <class T>
+OPNORM_HD inline pack<T> ramp(T start, T step) {
+  OPNORM_SIMD_LANEWISE(r, start + static_cast<T>(i) * step);
+  return r;
+}
+template <class T>
+OPNORM_HD inline void keep_maximum(pack<T>& best, pack<T>& best_at, pack<T> candidate, pack<T> candidate_at) {
+  for (index_t i = 0; i < lanes<T>; ++i) {
+    const T v = candidate.v[i];
+    if (v > best.v[i] || v != v) {
+      best.v[i] = v;
+      best_at.v[i] = candidate_at.v[i];
+    }
+  }
+}
 
 #undef OPNORM_SIMD_LANEWISE
 
 }  // namespace array_packs
 #endif
+
+/// dst[0, n) = src[0, n) for n < 2 packs (the valid lanes of a block, or
+/// the valid columns of a block's output row), without a loop. Copy loops
+/// this short are recognized as memcpy and become library calls or `rep
+/// movsq`, whose start-up cost took a third of the Winograd output
+/// adjoint's time (docs/performance.md, change 11).
+template <class T>
+OPNORM_HD inline void copy_short(T* dst, const T* src, index_t n) {
+  constexpr index_t L = lanes<T>;
+  index_t s = 0;
+  if (s + L <= n) {
+    store(dst + s, load(src + s));
+    s += L;
+  }
+  if (L > 4 && s + 4 <= n) {
+    std::memcpy(dst + s, src + s, 4 * sizeof(T));
+    s += 4;
+  }
+  if (s + 2 <= n) {
+    std::memcpy(dst + s, src + s, 2 * sizeof(T));
+    s += 2;
+  }
+  if (s < n) dst[s] = src[s];
+}
 
 }  // namespace opnorm::detail::simd

@@ -9,9 +9,11 @@
 // (the last one, if several) wins, exactly as in PyTorch's CPU kernel.
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <string>
 #include <type_traits>
 
+#include "../../detail/simd.hpp"
 #include "layer.hpp"
 
 namespace opnorm {
@@ -60,6 +62,72 @@ OPNORM_HD inline void max_pool_row(const T* x, index_t top, index_t width, index
   }
 }
 
+/// Whether max_pool_row_2x2 may run on rows of this width: it carries the
+/// offsets of a block's window corners in lanes of T, where they must be
+/// exact integers.
+template <class T>
+constexpr bool offsets_fit_in_lanes(index_t width) {
+  return width < (index_t(1) << std::numeric_limits<T>::digits) - 4 * simd::lanes<T>;
+}
+
+/// max_pool_row for 2 x 2 windows at stride 2 (the pooling of both
+/// reference networks), a pack of L outputs at a time: the even and odd
+/// entries of the two input rows are the four corners of L windows, taken
+/// in the scalar row's order, so ties and NaNs resolve the same way. Each
+/// lane carries the winning corner's offset from the block's start.
+/// Blocks start at 0, L, 2L, ... and a last one ends at the row's end,
+/// overlapping the one before (recomputing equal outputs). A row shorter
+/// than a pack has one block, which reads past the row into the rows after
+/// it (lanes that are never stored), except where that would pass the end of
+/// x (x_size values): there it reads a zero-padded copy.
+template <class T>
+OPNORM_HD inline void max_pool_row_2x2(const T* x, index_t x_size, index_t top, index_t width, index_t out_width,
+                                       T* y, index_t* argmax) {
+  constexpr index_t L = simd::lanes<T>;
+  const simd::pack<T> top_left = simd::ramp(T(0), T(2)), top_right = simd::ramp(T(1), T(2)),
+                      bottom_left = simd::ramp(static_cast<T>(width), T(2)),
+                      bottom_right = simd::ramp(static_cast<T>(width + 1), T(2));
+  // The L windows whose top rows start at upper[0] and lower[0] (2L values each).
+  auto block = [&](const T* upper, const T* lower, index_t first_output, index_t count) {
+    const simd::pack<T> u0 = simd::load(upper), u1 = simd::load(upper + L);
+    const simd::pack<T> l0 = simd::load(lower), l1 = simd::load(lower + L);
+    simd::pack<T> best = simd::evens<T>(u0, u1), best_at = top_left;
+    simd::keep_maximum<T>(best, best_at, simd::odds<T>(u0, u1), top_right);
+    simd::keep_maximum<T>(best, best_at, simd::evens<T>(l0, l1), bottom_left);
+    simd::keep_maximum<T>(best, best_at, simd::odds<T>(l0, l1), bottom_right);
+    T values[L], at[L];
+    simd::store(values, best);
+    simd::store(at, best_at);
+    const index_t origin = top + 2 * first_output;
+    if (count == L) {
+      simd::store(y + first_output, best);
+      for (index_t i = 0; i < L; ++i) argmax[first_output + i] = origin + static_cast<index_t>(at[i]);
+    } else {
+      simd::copy_short(y + first_output, values, count);
+      for (index_t i = 0; i < count; ++i) argmax[first_output + i] = origin + static_cast<index_t>(at[i]);
+    }
+  };
+  const T* upper = x + top;
+  const T* lower = upper + width;
+  if (out_width < L && top + width + 2 * L <= x_size) {
+    block(upper, lower, 0, out_width);
+    return;
+  }
+  if (out_width < L) {
+    T upper_padded[2 * L], lower_padded[2 * L];
+    simd::store(upper_padded, simd::zero<T>());
+    simd::store(upper_padded + L, simd::zero<T>());
+    simd::store(lower_padded, simd::zero<T>());
+    simd::store(lower_padded + L, simd::zero<T>());
+    simd::copy_short(upper_padded, upper, 2 * out_width);
+    simd::copy_short(lower_padded, lower, 2 * out_width);
+    block(upper_padded, lower_padded, 0, out_width);
+    return;
+  }
+  for (index_t o = 0; o + L <= out_width; o += L) block(upper + 2 * o, lower + 2 * o, o, L);
+  if (out_width % L != 0) block(upper + 2 * (out_width - L), lower + 2 * (out_width - L), out_width - L, L);
+}
+
 }  // namespace detail
 
 template <class T = float, class Backend = backend::cpu>
@@ -102,6 +170,18 @@ class max_pool2d {
     const T* xs = x.data();
     T* ys = y.data();
     index_t* arg = c.argmax.data();
+    // On the host, 2 x 2 windows at stride 2 take a plane per task, a pack
+    // of outputs at a time.
+    if (backend_ops<Backend>::host_accessible && k == 2 && s == 2 && detail::offsets_fit_in_lanes<T>(W)) {
+      const index_t x_size = x.size();
+      backend_ops<Backend>::for_each_segment(y.dim(0) * y.dim(1), H * W, [=] OPNORM_HD(index_t plane) {
+        for (index_t oh = 0; oh < Ho; ++oh) {
+          const index_t r = plane * Ho + oh;
+          detail::max_pool_row_2x2(xs, x_size, plane * H * W + 2 * oh * W, W, Wo, ys + r * Wo, arg + r * Wo);
+        }
+      });
+      return;
+    }
     // One invocation per output row (fixed n, c, oh).
     backend_ops<Backend>::for_each_index(y.dim(0) * y.dim(1) * Ho, [=] OPNORM_HD(index_t r) {
       const index_t oh = r % Ho, plane = r / Ho;

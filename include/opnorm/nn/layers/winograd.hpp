@@ -173,30 +173,6 @@ constexpr index_t stream_slack = block_tiles<T>;
 constexpr index_t window_values = 4096;
 constexpr index_t band_max_cols = 64;  // tile columns per band: at least 14 tile rows fit any band
 
-/// dst[0, n) = src[0, n) for n < 2 packs (the valid lanes of a block, or
-/// the valid columns of a block's output row), without a loop. Copy loops
-/// this short are recognized as memcpy and become library calls or `rep
-/// movsq`, whose start-up cost took a third of transform_output_adjoint's
-/// time (docs/performance.md, change 11).
-template <class T>
-OPNORM_HD inline void copy_short(T* dst, const T* src, index_t n) {
-  constexpr index_t L = simd::lanes<T>;
-  index_t s = 0;
-  if (s + L <= n) {
-    simd::store(dst + s, simd::load(src + s));
-    s += L;
-  }
-  if (L > 4 && s + 4 <= n) {
-    std::memcpy(dst + s, src + s, 4 * sizeof(T));
-    s += 4;
-  }
-  if (s + 2 <= n) {
-    std::memcpy(dst + s, src + s, 2 * sizeof(T));
-    s += 2;
-  }
-  if (s < n) dst[s] = src[s];
-}
-
 /// dst[s] = row[first + s] for s in [0, span), zero outside [0, width) and
 /// everywhere when the row itself lies outside the image, a pack at a time:
 /// packs wholly inside are copied, packs wholly outside zeroed, and the (at
@@ -219,7 +195,7 @@ OPNORM_HD inline void load_padded(const T* row, bool row_inside, index_t first, 
     } else {
       const index_t from = s > begin ? s : begin, to = s + L < end ? s + L : end;
       simd::store(dst + s, simd::zero<T>());
-      copy_short(dst + from, row + first + from, to - from);
+      simd::copy_short(dst + from, row + first + from, to - from);
     }
   }
 }
@@ -290,7 +266,7 @@ OPNORM_HD inline void store_block(const simd::pack<T> (&o)[positions], T* out, i
   T lanes[L];
   for (index_t xi = 0; xi < positions; ++xi) {
     simd::store(lanes, o[xi]);
-    copy_short(out + xi * stream, lanes, valid);
+    simd::copy_short(out + xi * stream, lanes, valid);
   }
 }
 
@@ -470,7 +446,7 @@ void transform_output(const tiling& geo, const T* m, index_t channels, index_t c
           simd::store(result, low);
           simd::store(result + L, high);
           if (beta == T(0))
-            copy_short(target, result, width);
+            simd::copy_short(target, result, width);
           else
             for (index_t s = 0; s < width; ++s) target[s] = beta * target[s] + result[s];
         }

@@ -1,5 +1,7 @@
 #include "gradient_check.hpp"
 
+#include <cstring>
+
 #include <opnorm/nn/networks.hpp>
 
 using namespace opnorm;
@@ -27,6 +29,23 @@ double adjointness_error(Net& net, const typename Net::tensor_type& x, mode m, s
   net.vjp(tape, u, &jtu, false);
   const double forward_side = dot(jv, u), backward_side = dot(v, jtu);
   return std::abs(forward_side - backward_side) / std::max(std::abs(forward_side), std::abs(backward_side));
+}
+
+template <class B>
+tensor<float, B> as_float(const tensor<double, B>& d) {
+  const auto v = d.to_vector();
+  return tensor<float, B>::from_vector(d.shape(), std::vector<float>(v.begin(), v.end()));
+}
+
+// Entries whose bits differ between a and b (so -0 is not 0), or -1 when
+// their shapes do.
+template <class T, class B>
+index_t differing_entries(const tensor<T, B>& a, const tensor<T, B>& b) {
+  if (a.shape() != b.shape()) return -1;
+  const auto u = a.to_vector(), v = b.to_vector();
+  index_t differing = 0;
+  for (std::size_t i = 0; i < u.size(); ++i) differing += std::memcmp(&u[i], &v[i], sizeof(T)) != 0;
+  return differing;
 }
 
 }  // namespace
@@ -111,17 +130,13 @@ TEST_CASE_TEMPLATE("fmnist_cnn: the backward pass that fuses batch_norm and relu
   std::mt19937_64 rng(6);
   auto net = make_fmnist_cnn<float, B>(6);
   typename net_t::tape lender, tape;
-  const auto to_float = [](const tensor<double, B>& d) {
-    const auto v = d.to_vector();
-    return tensor<float, B>::from_vector(d.shape(), std::vector<float>(v.begin(), v.end()));
-  };
-  const auto x = to_float(random_images<B>({4, 1, 28, 28}, rng));
-  const auto gy = to_float(random_tensor<B>({4, 10}, rng));
+  const auto x = as_float(random_images<B>({4, 1, 28, 28}, rng));
+  const auto gy = as_float(random_tensor<B>({4, 10}, rng));
   net.forward(x, lender, mode::train);  // running statistics away from their start, and a lender
   for (const bool borrowed : {false, true}) {
     CAPTURE(borrowed);
     if (borrowed)
-      net.forward_with_statistics_of(to_float(random_images<B>({4, 1, 28, 28}, rng)), tape, lender);
+      net.forward_with_statistics_of(as_float(random_images<B>({4, 1, 28, 28}, rng)), tape, lender);
     else
       net.forward(x, tape, mode::eval);
     typename net_t::tensor_type fused, separate;
@@ -137,6 +152,75 @@ TEST_CASE_TEMPLATE("fmnist_cnn: the backward pass that fuses batch_norm and relu
     CHECK(differing == 0);
     CHECK(nonzero > 0);
   }
+}
+
+namespace {
+// Every activation of a forward pass, by calling every layer's own forward
+// (forward_with_statistics_of where a lender is given): what sequential's
+// forward passes compute when they fuse nothing.
+template <class Net, std::size_t... I>
+void layer_by_layer_forward(Net& net, const typename Net::tensor_type& x, mode m, typename Net::tape* lender,
+                            typename Net::tape& t, std::index_sequence<I...>) {
+  t.activations[0] = x;
+  auto step = [&](auto index) {
+    constexpr std::size_t L = decltype(index)::value;
+    auto& layer = net.template layer<L>();
+    if constexpr (has_layer_borrowed_statistics<std::decay_t<decltype(layer)>>::value) {
+      if (lender) {
+        layer.forward_with_statistics_of(t.activations[L], t.activations[L + 1], std::get<L>(t.caches),
+                                         std::get<L>(lender->caches));
+        return;
+      }
+    }
+    layer.forward(t.activations[L], t.activations[L + 1], std::get<L>(t.caches), lender ? mode::train : m);
+  };
+  (step(std::integral_constant<std::size_t, I>{}), ...);
+}
+
+}  // namespace
+
+TEST_CASE_TEMPLATE("fmnist_cnn: forward passes that fuse batch_norm and relu give the layers' own forwards bit for "
+                   "bit: every activation, the running statistics, borrowed statistics and output-only passes",
+                   B, OPNORM_TEST_BACKENDS) {
+  using net_t = fmnist_cnn<float, B>;
+  constexpr auto layers = std::make_index_sequence<net_t::depth>{};
+  std::mt19937_64 rng(7);
+  auto net = make_fmnist_cnn<float, B>(7), reference_net = make_fmnist_cnn<float, B>(7);
+  const auto x = as_float(random_images<B>({4, 1, 28, 28}, rng));
+  const auto x2 = as_float(random_images<B>({4, 1, 28, 28}, rng));
+  typename net_t::tape fused, separate, lender, lean;
+  // Train mode first: both nets update their running statistics, which the
+  // eval-mode pass then uses.
+  for (const mode m : {mode::train, mode::eval}) {
+    CAPTURE(static_cast<int>(m));
+    net.forward(x, fused, m);
+    layer_by_layer_forward(reference_net, x, m, nullptr, separate, layers);
+    for (std::size_t l = 0; l <= net_t::depth; ++l) {
+      CAPTURE(l);
+      CHECK(differing_entries(fused.activations[l], separate.activations[l]) == 0);
+    }
+  }
+  const auto state = net.state(), reference_state = reference_net.state();
+  for (std::size_t b = 0; b < state.buffers.size(); ++b)
+    CHECK(differing_entries(*state.buffers[b].value, *reference_state.buffers[b].value) == 0);
+  // The relus passed some values and stopped others.
+  const auto relu_output = fused.activations[4].to_vector();
+  CHECK(std::count(relu_output.begin(), relu_output.end(), 0.0f) > 0);
+  CHECK(std::count(relu_output.begin(), relu_output.end(), 0.0f) < static_cast<long>(relu_output.size()));
+
+  CHECK(differing_entries(net.forward_output_only(x, lean, mode::eval), separate.output()) == 0);
+
+  // Borrowed statistics (data-dependent SNR's passes at x + eps v); the
+  // lender's pass moves only net's running statistics, which these passes
+  // do not read.
+  net.forward(x, lender, mode::train);
+  net.forward_with_statistics_of(x2, fused, lender);
+  layer_by_layer_forward(reference_net, x2, mode::train, &lender, separate, layers);
+  for (std::size_t l = 0; l <= net_t::depth; ++l) {
+    CAPTURE(l);
+    CHECK(differing_entries(fused.activations[l], separate.activations[l]) == 0);
+  }
+  CHECK(differing_entries(net.forward_output_only_with_statistics_of(x2, lean, lender), separate.output()) == 0);
 }
 
 TEST_CASE_TEMPLATE("fmnist_cnn: forward_output_only gives forward's output bit for bit, and its tape is not "

@@ -25,12 +25,23 @@ template <class T, class Backend>
 class relu;
 
 namespace detail {
-/// True for batch_norm followed by relu: sequential's backward pass fuses
+/// True for batch_norm followed by relu: sequential's forward passes run
+/// the pair in one pass over the activation, and its backward pass fuses
 /// their VJPs where the batch_norm's is a per-channel scale.
 template <class First, class Second>
 struct batch_norm_then_relu : std::false_type {};
 template <class T, class B>
 struct batch_norm_then_relu<batch_norm<T, B>, relu<T, B>> : std::true_type {};
+
+/// Whether layer L of Layers is a batch_norm with a relu right above it.
+template <std::size_t L, class... Layers>
+constexpr bool relu_follows_batch_norm() {
+  if constexpr (L + 1 < sizeof...(Layers))
+    return batch_norm_then_relu<std::tuple_element_t<L, std::tuple<Layers...>>,
+                                std::tuple_element_t<L + 1, std::tuple<Layers...>>>::value;
+  else
+    return false;
+}
 }  // namespace detail
 
 template <class... Layers>
@@ -239,24 +250,52 @@ class sequential {
   }
 
  private:
+  // A batch_norm with a relu above it runs both in one pass (forward_then_relu),
+  // writing both activations; the relu's own step is then skipped.
   template <std::size_t... I>
   void forward_layers(tape& t, mode m, std::size_t until, std::index_sequence<I...>) {
-    ((I < until ? (void)std::get<I>(layers_).forward(t.activations[I], t.activations[I + 1],
-                                                      std::get<I>(t.caches), m)
-                : (void)0),
-     ...);
+    bool fused_above = false;  // this layer already ran, fused into the one below
+    auto step = [&](auto index) {
+      constexpr std::size_t L = decltype(index)::value;
+      if (L >= until || std::exchange(fused_above, false)) return;
+      auto& layer = std::get<L>(layers_);
+      if constexpr (detail::relu_follows_batch_norm<L, Layers...>()) {
+        if (L + 1 < until) {
+          layer.forward_then_relu(t.activations[L], &t.activations[L + 1], t.activations[L + 2],
+                                  std::get<L>(t.caches), m);
+          fused_above = true;
+          return;
+        }
+      }
+      layer.forward(t.activations[L], t.activations[L + 1], std::get<L>(t.caches), m);
+    };
+    (step(std::integral_constant<std::size_t, I>{}), ...);
   }
 
   // Layer I reads the input (I = 0) or the buffer layer I - 1 wrote, and
   // writes activations[1 + I % 2], or the output slot for the last layer.
   // With a lender, normalizing layers borrow its statistics, as in
-  // forward_layers_borrowing.
+  // forward_layers_borrowing. A batch_norm with a relu above it writes only
+  // the relu's result, in the relu's slot (which is the batch_norm's input:
+  // the fused pass works element by element, in place).
   template <std::size_t... I>
   void forward_output_only_layers(const tensor_type& x, tape& t, mode m, tape* lender, std::index_sequence<I...>) {
+    bool fused_above = false;
     auto step = [&](auto index) {
       constexpr std::size_t L = decltype(index)::value;
+      if (std::exchange(fused_above, false)) return;
       auto& layer = std::get<L>(layers_);
       const tensor_type& in = L == 0 ? x : t.activations[1 + (L - 1) % 2];
+      if constexpr (detail::relu_follows_batch_norm<L, Layers...>()) {
+        tensor_type& relu_out = L + 2 == depth ? t.activations[depth] : t.activations[1 + (L + 1) % 2];
+        if (lender)
+          layer.forward_with_statistics_of_then_relu(in, nullptr, relu_out, std::get<L>(t.caches),
+                                                     std::get<L>(lender->caches));
+        else
+          layer.forward_then_relu(in, nullptr, relu_out, std::get<L>(t.caches), m);
+        fused_above = true;
+        return;
+      }
       tensor_type& out = L + 1 == depth ? t.activations[depth] : t.activations[1 + L % 2];
       if constexpr (has_layer_borrowed_statistics<std::decay_t<decltype(layer)>>::value) {
         if (lender) {
@@ -278,9 +317,17 @@ class sequential {
 
   template <std::size_t... I>
   void forward_layers_borrowing(tape& t, tape& lender, std::index_sequence<I...>) {
+    bool fused_above = false;
     auto step = [&](auto index) {
       constexpr std::size_t L = decltype(index)::value;
+      if (std::exchange(fused_above, false)) return;
       auto& layer = std::get<L>(layers_);
+      if constexpr (detail::relu_follows_batch_norm<L, Layers...>()) {
+        layer.forward_with_statistics_of_then_relu(t.activations[L], &t.activations[L + 1], t.activations[L + 2],
+                                                   std::get<L>(t.caches), std::get<L>(lender.caches));
+        fused_above = true;
+        return;
+      }
       if constexpr (has_layer_borrowed_statistics<std::decay_t<decltype(layer)>>::value)
         layer.forward_with_statistics_of(t.activations[L], t.activations[L + 1], std::get<L>(t.caches),
                                          std::get<L>(lender.caches));

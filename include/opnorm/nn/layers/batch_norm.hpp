@@ -132,62 +132,21 @@ class batch_norm : public detail::weight_and_bias<T, Backend> {
 
   void forward(const tensor<T, Backend>& x, tensor<T, Backend>& y, cache& c, mode m) {
     y.resize(output_shape(x.shape()));
-    const index_t C = features_, N = x.dim(0), S = spatial_size(x.shape()), M = N * S;
-    c.batch_statistics = m == mode::train;
-    c.lender = nullptr;
-    c.statistics_gradient_pending = false;
-    c.synchronized = m == mode::train && reducer_ != nullptr;
-    c.global_count = static_cast<double>(M);
-    c.share = 1;
-    c.mean.resize({C});
-    c.inv_std.resize({C});
-    T* mean = c.mean.data();
-    T* inv_std = c.inv_std.data();
-    T* rm = running_mean_.data();
-    T* rv = running_var_.data();
-    const T* xs = x.data();
-    const accumulator eps = static_cast<accumulator>(eps_);
+    choose_statistics(x, c, m);
+    normalize(x, c, y.data(), nullptr);
+  }
 
-    if (c.synchronized) {
-      synchronized_statistics(x, c);
-    } else if (m == mode::train) {
-      require_shape(M > 1, "batch_norm",
-                    "train mode needs more than one value per channel, got input " +
-                        shape_string(x.shape()));
-      const accumulator momentum = static_cast<accumulator>(momentum_);
-      backend_ops<Backend>::for_each_segment(C, N * S, [=] OPNORM_HD(index_t ch) {
-        // Two passes (mean, then squared deviations): no cancellation.
-        detail::interleaved_sum<accumulator> sum;
-        for (index_t n = 0; n < N; ++n) {
-          const T* row = xs + (n * C + ch) * S;
-          sum.add(S, [=](index_t i) { return static_cast<accumulator>(row[i]); });
-        }
-        const accumulator mu = sum.total() / static_cast<accumulator>(M);
-        detail::interleaved_sum<accumulator> deviations;
-        for (index_t n = 0; n < N; ++n) {
-          const T* row = xs + (n * C + ch) * S;
-          deviations.add(S, [=](index_t i) {
-            const accumulator d = row[i] - mu;
-            return d * d;
-          });
-        }
-        const accumulator squares = deviations.total();
-        const accumulator var = squares / static_cast<accumulator>(M);
-        mean[ch] = static_cast<T>(mu);
-        inv_std[ch] = static_cast<T>(1 / std::sqrt(var + eps));
-        const accumulator unbiased = squares / static_cast<accumulator>(M - 1);
-        rm[ch] = static_cast<T>((1 - momentum) * rm[ch] + momentum * mu);
-        rv[ch] = static_cast<T>((1 - momentum) * rv[ch] + momentum * unbiased);
-      });
-      ++num_batches_tracked_;
-    } else {
-      backend_ops<Backend>::for_each_index(C, [=] OPNORM_HD(index_t ch) {
-        mean[ch] = rm[ch];
-        inv_std[ch] = static_cast<T>(1 / std::sqrt(static_cast<accumulator>(rv[ch]) + eps));
-      });
-    }
-
-    normalize(x, c, y);
+  /// forward, and the relu above this layer, in one pass over the
+  /// activation instead of two: y as forward writes it (not at all when y
+  /// is null, for a pass that keeps only the network's output) and relu_y =
+  /// relu(y), the same bits as relu's forward. sequential fuses the pair
+  /// this way.
+  void forward_then_relu(const tensor<T, Backend>& x, tensor<T, Backend>* y, tensor<T, Backend>& relu_y, cache& c,
+                         mode m) {
+    if (y) y->resize(output_shape(x.shape()));
+    relu_y.resize(output_shape(x.shape()));
+    choose_statistics(x, c, m);
+    normalize(x, c, y ? y->data() : nullptr, relu_y.data());
   }
 
   /// The train-mode map with another pass's batch statistics: y = gamma *
@@ -197,15 +156,17 @@ class batch_norm : public detail::weight_and_bias<T, Backend> {
   /// lender's inputs is carried by vjp (see cache).
   void forward_with_statistics_of(const tensor<T, Backend>& x, tensor<T, Backend>& y, cache& c, cache& lender) {
     y.resize(output_shape(x.shape()));
-    if (!lender.batch_statistics || lender.mean.size() != features_)
-      throw std::invalid_argument("opnorm::batch_norm: statistics can only be borrowed from a train-mode pass");
-    c.batch_statistics = false;
-    c.lender = &lender;
-    c.statistics_gradient_pending = false;
-    c.synchronized = false;  // a per-channel affine map of x: nothing to share
-    assign(lender.mean, c.mean);
-    assign(lender.inv_std, c.inv_std);
-    normalize(x, c, y);
+    borrow_statistics(c, lender);
+    normalize(x, c, y.data(), nullptr);
+  }
+
+  /// forward_with_statistics_of and the relu above, fused as in forward_then_relu.
+  void forward_with_statistics_of_then_relu(const tensor<T, Backend>& x, tensor<T, Backend>* y,
+                                            tensor<T, Backend>& relu_y, cache& c, cache& lender) {
+    if (y) y->resize(output_shape(x.shape()));
+    relu_y.resize(output_shape(x.shape()));
+    borrow_statistics(c, lender);
+    normalize(x, c, y ? y->data() : nullptr, relu_y.data());
   }
 
   void vjp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache& c,
@@ -341,11 +302,82 @@ class batch_norm : public detail::weight_and_bias<T, Backend> {
   // lambda inside a private or protected member function, so they are
   // public; they are not part of the interface.
  public:
-  // y = gamma * (x - mean) * inv_std + beta with the statistics in c.
-  void normalize(const tensor<T, Backend>& x, const cache& c, tensor<T, Backend>& y) const {
+  // The statistics a pass in mode m normalizes with, into c: the batch's (and
+  // the running statistics updated) in train mode, the running ones in eval.
+  void choose_statistics(const tensor<T, Backend>& x, cache& c, mode m) {
+    const index_t C = features_, N = x.dim(0), S = spatial_size(x.shape()), M = N * S;
+    c.batch_statistics = m == mode::train;
+    c.lender = nullptr;
+    c.statistics_gradient_pending = false;
+    c.synchronized = m == mode::train && reducer_ != nullptr;
+    c.global_count = static_cast<double>(M);
+    c.share = 1;
+    c.mean.resize({C});
+    c.inv_std.resize({C});
+    T* mean = c.mean.data();
+    T* inv_std = c.inv_std.data();
+    T* rm = running_mean_.data();
+    T* rv = running_var_.data();
+    const T* xs = x.data();
+    const accumulator eps = static_cast<accumulator>(eps_);
+
+    if (c.synchronized) {
+      synchronized_statistics(x, c);
+    } else if (m == mode::train) {
+      require_shape(M > 1, "batch_norm",
+                    "train mode needs more than one value per channel, got input " +
+                        shape_string(x.shape()));
+      const accumulator momentum = static_cast<accumulator>(momentum_);
+      backend_ops<Backend>::for_each_segment(C, N * S, [=] OPNORM_HD(index_t ch) {
+        // Two passes (mean, then squared deviations): no cancellation.
+        detail::interleaved_sum<accumulator> sum;
+        for (index_t n = 0; n < N; ++n) {
+          const T* row = xs + (n * C + ch) * S;
+          sum.add(S, [=](index_t i) { return static_cast<accumulator>(row[i]); });
+        }
+        const accumulator mu = sum.total() / static_cast<accumulator>(M);
+        detail::interleaved_sum<accumulator> deviations;
+        for (index_t n = 0; n < N; ++n) {
+          const T* row = xs + (n * C + ch) * S;
+          deviations.add(S, [=](index_t i) {
+            const accumulator d = row[i] - mu;
+            return d * d;
+          });
+        }
+        const accumulator squares = deviations.total();
+        const accumulator var = squares / static_cast<accumulator>(M);
+        mean[ch] = static_cast<T>(mu);
+        inv_std[ch] = static_cast<T>(1 / std::sqrt(var + eps));
+        const accumulator unbiased = squares / static_cast<accumulator>(M - 1);
+        rm[ch] = static_cast<T>((1 - momentum) * rm[ch] + momentum * mu);
+        rv[ch] = static_cast<T>((1 - momentum) * rv[ch] + momentum * unbiased);
+      });
+      ++num_batches_tracked_;
+    } else {
+      backend_ops<Backend>::for_each_index(C, [=] OPNORM_HD(index_t ch) {
+        mean[ch] = rm[ch];
+        inv_std[ch] = static_cast<T>(1 / std::sqrt(static_cast<accumulator>(rv[ch]) + eps));
+      });
+    }
+  }
+
+  void borrow_statistics(cache& c, cache& lender) const {
+    if (!lender.batch_statistics || lender.mean.size() != features_)
+      throw std::invalid_argument("opnorm::batch_norm: statistics can only be borrowed from a train-mode pass");
+    c.batch_statistics = false;
+    c.lender = &lender;
+    c.statistics_gradient_pending = false;
+    c.synchronized = false;  // a per-channel affine map of x: nothing to share
+    assign(lender.mean, c.mean);
+    assign(lender.inv_std, c.inv_std);
+  }
+
+  // y = gamma * (x - mean) * inv_std + beta with the statistics in c, into
+  // ys unless it is null, and relu(y) into relu_ys unless it is null (with
+  // relu's rule: a NaN passes through).
+  void normalize(const tensor<T, Backend>& x, const cache& c, T* ys, T* relu_ys) const {
     const index_t C = features_, N = x.dim(0), S = spatial_size(x.shape());
     const T* xs = x.data();
-    T* ys = y.data();
     const T* gamma = affine_ ? weight_.data() : nullptr;
     const T* beta = affine_ ? bias_.data() : nullptr;
     const T* mu = c.mean.data();
@@ -355,8 +387,23 @@ class batch_norm : public detail::weight_and_bias<T, Backend> {
       const T scale = (gamma ? gamma[ch] : T(1)) * is[ch];
       const T shift = (beta ? beta[ch] : T(0)) - mu[ch] * scale;
       const T* in = xs + r * S;
-      T* out = ys + r * S;
-      for (index_t i = 0; i < S; ++i) out[i] = in[i] * scale + shift;
+      T* out = ys ? ys + r * S : nullptr;
+      T* rectified = relu_ys ? relu_ys + r * S : nullptr;
+      // One loop per case, each without branches, so that each vectorizes.
+      if (out && rectified) {
+        for (index_t i = 0; i < S; ++i) {
+          const T v = in[i] * scale + shift;
+          out[i] = v;
+          rectified[i] = (v > T(0) || v != v) ? v : T(0);
+        }
+      } else if (rectified) {
+        for (index_t i = 0; i < S; ++i) {
+          const T v = in[i] * scale + shift;
+          rectified[i] = (v > T(0) || v != v) ? v : T(0);
+        }
+      } else {
+        for (index_t i = 0; i < S; ++i) out[i] = in[i] * scale + shift;
+      }
     });
   }
 

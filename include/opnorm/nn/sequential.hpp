@@ -272,38 +272,40 @@ class sequential {
     (step(std::integral_constant<std::size_t, I>{}), ...);
   }
 
-  // Layer I reads the input (I = 0) or the buffer layer I - 1 wrote, and
-  // writes activations[1 + I % 2], or the output slot for the last layer.
-  // With a lender, normalizing layers borrow its statistics, as in
-  // forward_layers_borrowing. A batch_norm with a relu above it writes only
-  // the relu's result, in the relu's slot (which is the batch_norm's input:
-  // the fused pass works element by element, in place).
+  // Each layer reads the input (the first layer) or the buffer the layer
+  // before it wrote, and writes the other of activations[1] and [2], or the
+  // output slot (the last layer). With a lender, normalizing layers borrow
+  // its statistics, as in forward_layers_borrowing. A batch_norm with a relu
+  // above it is one step, which writes only the relu's result.
   template <std::size_t... I>
   void forward_output_only_layers(const tensor_type& x, tape& t, mode m, tape* lender, std::index_sequence<I...>) {
     bool fused_above = false;
+    const tensor_type* in = &x;
+    std::size_t next = 1;  // the intermediate buffer the next layer writes
     auto step = [&](auto index) {
       constexpr std::size_t L = decltype(index)::value;
       if (std::exchange(fused_above, false)) return;
       auto& layer = std::get<L>(layers_);
-      const tensor_type& in = L == 0 ? x : t.activations[1 + (L - 1) % 2];
-      if constexpr (detail::relu_follows_batch_norm<L, Layers...>()) {
-        tensor_type& relu_out = L + 2 == depth ? t.activations[depth] : t.activations[1 + (L + 1) % 2];
+      constexpr bool fused = detail::relu_follows_batch_norm<L, Layers...>();
+      constexpr std::size_t last_written = fused ? L + 1 : L;  // the layer whose result this step writes
+      tensor_type& out = last_written + 1 == depth ? t.activations[depth] : t.activations[next];
+      if constexpr (fused) {
         if (lender)
-          layer.forward_with_statistics_of_then_relu(in, nullptr, relu_out, std::get<L>(t.caches),
+          layer.forward_with_statistics_of_then_relu(*in, nullptr, out, std::get<L>(t.caches),
                                                      std::get<L>(lender->caches));
         else
-          layer.forward_then_relu(in, nullptr, relu_out, std::get<L>(t.caches), m);
+          layer.forward_then_relu(*in, nullptr, out, std::get<L>(t.caches), m);
         fused_above = true;
-        return;
+      } else if constexpr (has_layer_borrowed_statistics<std::decay_t<decltype(layer)>>::value) {
+        if (lender)
+          layer.forward_with_statistics_of(*in, out, std::get<L>(t.caches), std::get<L>(lender->caches));
+        else
+          layer.forward(*in, out, std::get<L>(t.caches), m);
+      } else {
+        layer.forward(*in, out, std::get<L>(t.caches), m);
       }
-      tensor_type& out = L + 1 == depth ? t.activations[depth] : t.activations[1 + L % 2];
-      if constexpr (has_layer_borrowed_statistics<std::decay_t<decltype(layer)>>::value) {
-        if (lender) {
-          layer.forward_with_statistics_of(in, out, std::get<L>(t.caches), std::get<L>(lender->caches));
-          return;
-        }
-      }
-      layer.forward(in, out, std::get<L>(t.caches), m);
+      in = &out;
+      next = 3 - next;
     };
     (step(std::integral_constant<std::size_t, I>{}), ...);
   }

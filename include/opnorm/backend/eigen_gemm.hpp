@@ -57,7 +57,13 @@ inline void run_tasks(int threads, index_t n, F&& f) {
 // threads. Below it the fork/join costs more than it saves, and on a
 // loaded machine spinning OpenMP workers make it much worse (the
 // finite-difference tests, thousands of tiny GEMMs, ran 100x slower).
-inline bool worth_threads(index_t multiply_adds) { return multiply_adds >= (index_t{1} << 18); }
+// 2^22 multiply-adds take about 80 us at one core's GEMM peak. A batch-1
+// pass of fmnist_cnn stays below it (its 16 Winograd GEMMs per layer come
+// to at most 3.2M): threading those made a 10 x 784 Jacobian 1.5x slower
+// when this VM's two vCPUs behave as one shared core (the spinning worker
+// takes half of it), and saved under 10% when they do not
+// (docs/performance.md, change 16).
+inline bool worth_threads(index_t multiply_adds) { return multiply_adds >= (index_t{1} << 22); }
 
 /// C = alpha * op(A) op(B) + beta * C, row-major, one call into Eigen.
 template <class T>

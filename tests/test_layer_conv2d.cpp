@@ -241,6 +241,11 @@ TEST_CASE_TEMPLATE("conv2d winograd: every pass agrees with im2col, and the JVP 
     CAPTURE(shape_string(shape));
     check_winograd_against_im2col(layer, shape, rng);
   }
+  // 3 x 5 = 15 filters, not a whole number of packs (4 doubles): the filter
+  // transform's last pack is partial.
+  layer_t few_filters(3, 5, 3, 1, 1);
+  few_filters.initialize(rng);
+  check_winograd_against_im2col(few_filters, shape_t{2, 3, 6, 7}, rng);
 }
 
 // In float the transforms' +-1/2 coefficients and reordered sums cost some

@@ -2,7 +2,7 @@
 // simd: a pack of 32 bytes of T (8 floats or 4 doubles) and the few
 // operations the Winograd tile transforms (nn/layers/winograd.hpp) and max
 // pooling (nn/layers/max_pool2d.hpp) need: loads and stores at any address,
-// + and -, splitting a run of values into its even and odd entries and
+// + and -, scaling by a number, splitting a run of values into its even and odd entries and
 // interleaving them back, shifting lanes, zeroing the lanes past a count,
 // and a lane-wise maximum that keeps where it came from.
 //
@@ -173,6 +173,11 @@ OPNORM_HD inline pack<T> operator-(pack<T> a, pack<T> b) {
 template <class T>
 OPNORM_HD inline pack<T> operator-(pack<T> a) {
   OPNORM_SIMD_LANEWISE(r, -a.v[i]);
+  return r;
+}
+template <class T>
+OPNORM_HD inline pack<T> operator*(T s, pack<T> a) {
+  OPNORM_SIMD_LANEWISE(r, s * a.v[i]);
   return r;
 }
 template <class T>

@@ -59,7 +59,7 @@ inline void run_tasks(int threads, index_t n, F&& f) {
 // finite-difference tests, thousands of tiny GEMMs, ran 100x slower).
 // 2^22 multiply-adds take about 80 us at one core's GEMM peak. A batch-1
 // pass of fmnist_cnn stays below it (its 16 Winograd GEMMs per layer come
-// to at most 3.2M): threading those made a 10 x 784 Jacobian 1.5x slower
+// to at most 3.2M; cpu_blas applies the same test to single GEMMs): threading those made a 10 x 784 Jacobian 1.5x slower
 // when this VM's two vCPUs behave as one shared core (the spinning worker
 // takes half of it), and saved under 10% when they do not
 // (docs/performance.md, change 16).

@@ -95,14 +95,15 @@ OPNORM_HD inline void max_pool_row_2x2(const T* x, index_t x_size, index_t top, 
     simd::keep_maximum<T>(best, best_at, simd::odds<T>(u0, u1), top_right);
     simd::keep_maximum<T>(best, best_at, simd::evens<T>(l0, l1), bottom_left);
     simd::keep_maximum<T>(best, best_at, simd::odds<T>(l0, l1), bottom_right);
-    T values[L], at[L];
-    simd::store(values, best);
+    T at[L];
     simd::store(at, best_at);
     const index_t origin = top + 2 * first_output;
     if (count == L) {
       simd::store(y + first_output, best);
       for (index_t i = 0; i < L; ++i) argmax[first_output + i] = origin + static_cast<index_t>(at[i]);
     } else {
+      T values[L];
+      simd::store(values, best);
       simd::copy_short(y + first_output, values, count);
       for (index_t i = 0; i < count; ++i) argmax[first_output + i] = origin + static_cast<index_t>(at[i]);
     }

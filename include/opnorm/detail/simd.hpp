@@ -129,6 +129,13 @@ inline pack<T> keep_first(pack<T> p, index_t n) {
   const mask kept = index < (mask{} + static_cast<integer>(n));
   return (pack<T>)((mask)p & kept);
 }
+/// (value, value, ...).
+template <class T>
+inline pack<T> broadcast(T value) {
+  pack<T> r;
+  for (index_t i = 0; i < lanes<T>; ++i) r[i] = value;
+  return r;
+}
 /// (start, start + step, start + 2 step, ...).
 template <class T>
 inline pack<T> ramp(T start, T step) {
@@ -229,6 +236,11 @@ OPNORM_HD inline T last(pack<T> p) {
 template <class T>
 OPNORM_HD inline pack<T> keep_first(pack<T> p, index_t n) {
   OPNORM_SIMD_LANEWISE(r, i < n ? p.v[i] : T(0));
+  return r;
+}
+template <class T>
+OPNORM_HD inline pack<T> broadcast(T value) {
+  OPNORM_SIMD_LANEWISE(r, value);
   return r;
 }
 template <class T>

@@ -159,6 +159,10 @@ class conv2d : public detail::weight_and_bias<T, Backend> {
 
   void forward(const tensor<T, Backend>& x, tensor<T, Backend>& y, cache& c, mode) {
     y.resize(output_shape(x.shape()));
+    if (uses_winograd()) {  // the output transform adds the bias
+      convolve_winograd(x, y, c, this->has_bias() ? bias_.data() : nullptr, /*fresh_filter=*/true);
+      return;
+    }
     if (this->has_bias()) {
       // The GEMMs accumulate onto the bias, which saves a pass over y.
       const T* b = bias_.data();
@@ -170,7 +174,7 @@ class conv2d : public detail::weight_and_bias<T, Backend> {
         for (index_t i = 0; i < plane; ++i) row[i] = v;
       });
     }
-    convolve(x, y, c, this->has_bias() ? T(1) : T(0), /*fresh_filter=*/true);
+    convolve_im2col(x, y, c, this->has_bias() ? T(1) : T(0));
   }
 
   void vjp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache& c,
@@ -218,7 +222,10 @@ class conv2d : public detail::weight_and_bias<T, Backend> {
   void jvp(const tensor<T, Backend>& x, const tensor<T, Backend>&, const cache& c,
            const tensor<T, Backend>& dx, tensor<T, Backend>& dy) const {
     dy.resize(output_shape(x.shape()));
-    convolve(dx, dy, c, T(0), /*fresh_filter=*/false);
+    if (uses_winograd())
+      convolve_winograd(dx, dy, c, nullptr, /*fresh_filter=*/false);
+    else
+      convolve_im2col(dx, dy, c, T(0));
   }
 
   void collect_state(state_list<T, Backend>& s, const std::string& prefix) { this->collect_parameters(s, prefix); }
@@ -334,15 +341,8 @@ class conv2d : public detail::weight_and_bias<T, Backend> {
         wino::add_filter_adjoint<Backend>(c.filter_grad.data() + w * filter_size, out_, in_, weight_grad_.data());
   }
 
-  // y_n = conv(x_n) + beta y_n for every example, chunk by chunk.
-  // fresh_filter: the forward pass (re)transforms the weights for Winograd;
-  // the JVP reuses what that forward pass left in the cache.
-  void convolve(const tensor<T, Backend>& x, tensor<T, Backend>& y, const cache& c, T beta,
-                bool fresh_filter) const {
-    if (uses_winograd()) {
-      convolve_winograd(x, y, c, beta, fresh_filter);
-      return;
-    }
+  // y_n = conv(x_n) + beta y_n for every example, chunk by chunk, through im2col.
+  void convolve_im2col(const tensor<T, Backend>& x, tensor<T, Backend>& y, const cache& c, T beta) const {
     const geometry g = geometry_of(x.shape());
     const index_t chunk = chunk_size(g);
     c.columns.resize({chunk * g.column_size()});
@@ -391,8 +391,10 @@ class conv2d : public detail::weight_and_bias<T, Backend> {
     detail::winograd::transform_filter<Backend>(weight_.data(), out_, in_, c.filter.data());
   }
 
-  // V = in(x); M_xi = U_xi V_xi; y = out(M) + beta y, one host task per chunk.
-  void convolve_winograd(const tensor<T, Backend>& x, tensor<T, Backend>& y, const cache& c, T beta,
+  // V = in(x); M_xi = U_xi V_xi; y = out(M) + bias (none: null), one host
+  // task per chunk. fresh_filter: the forward pass (re)transforms the
+  // weights; the JVP reuses what that forward pass left in the cache.
+  void convolve_winograd(const tensor<T, Backend>& x, tensor<T, Backend>& y, const cache& c, const T* bias,
                          bool fresh_filter) const {
     namespace wino = detail::winograd;
     using ops = backend_ops<Backend>;
@@ -408,7 +410,7 @@ class conv2d : public detail::weight_and_bias<T, Backend> {
       // M_xi (Cout x tiles) = U_xi (Cout x Cin) V_xi (Cin x tiles)
       ops::gemm_batched(false, false, out_, columns, in_, T(1), c.filter.data(), in_, out_ * in_, v, columns,
                         in_ * columns, T(0), m, columns, out_ * columns, wino::positions);
-      wino::transform_output<Backend>(geo, m, out_, count, beta, y.data() + n0 * out_ * g.plane_out());
+      wino::transform_output<Backend>(geo, m, out_, count, bias, y.data() + n0 * out_ * g.plane_out());
     });
   }
 

@@ -469,6 +469,7 @@ void transform_output(const tiling& geo, const T* m, index_t channels, index_t c
                   stream = ts.stride;
     T* out = y + plane * Ho * Wo;
     const T* src = m + ts.offset(plane);
+    // Without a bias nothing is added: r + 0 would turn a -0 into +0.
     const pack shift = simd::broadcast<T>(bias ? bias[plane % channels] : T(0));
     for (index_t ti = 0; ti < geo.tile_rows(); ++ti)
       for (index_t tj = 0; tj < cols; tj += L) {
@@ -484,8 +485,11 @@ void transform_output(const tiling& geo, const T* m, index_t channels, index_t c
         for (index_t r = 0; r < 2; ++r) {  // (A^T M) A, along each row
           const index_t h = 2 * ti + r;
           if (h >= Ho) continue;
-          const pack even = half[r][0] + half[r][1] + half[r][2] + shift,
-                     odd = half[r][1] - half[r][2] - half[r][3] + shift;
+          pack even = half[r][0] + half[r][1] + half[r][2], odd = half[r][1] - half[r][2] - half[r][3];
+          if (bias) {
+            even = even + shift;
+            odd = odd + shift;
+          }
           const pack low = simd::interleave_low<T>(even, odd), high = simd::interleave_high<T>(even, odd);
           T* target = out + h * Wo + left;
           if (width == 2 * L || ((r == 1 || tj == 0) && h * Wo + left + 2 * L <= Ho * Wo)) {
